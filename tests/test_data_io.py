@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from vos.data import FrameError, FrameFolder, MaskError, VideoFile, list_sequences, open_frames, read_mask, write_mask
+from vos.data.masks import DAVIS_PALETTE
+from vos.data.synthetic import make_clip, write_davis, write_mp4, write_youtubevos
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return make_clip(3, n_frames=12, size=(96, 160), n_objects=3, late_objects=1)
+
+
+def test_synthetic_is_deterministic_and_has_late_and_returning_objects():
+    f1, m1 = make_clip(7, n_frames=20, size=(120, 200))
+    f2, m2 = make_clip(7, n_frames=20, size=(120, 200))
+    assert np.array_equal(f1, f2) and np.array_equal(m1, m2)
+    assert not np.array_equal(make_clip(8, n_frames=20, size=(120, 200))[1], m1)
+    present = [set(np.unique(m).tolist()) - {0} for m in m1]
+    assert 3 not in present[0] and any(3 in p for p in present)  # the late object appears mid-video
+    gone = [i for i, p in enumerate(present) if 1 not in p]
+    assert gone and any(1 in p for p in present[gone[-1] + 1:])  # object 1 leaves and comes back
+
+
+def test_palette_round_trip_is_byte_exact(tmp_path):
+    ids = np.zeros((20, 30), np.uint8)
+    ids[2:8, 3:9], ids[10:15, 10:20] = 3, 7
+    pal = np.random.default_rng(0).integers(0, 256, (256, 3)).astype(np.uint8)
+    write_mask(tmp_path / "a.png", ids, pal)
+    back, pal2 = read_mask(tmp_path / "a.png")
+    assert np.array_equal(back, ids) and np.array_equal(pal2, pal)
+    write_mask(tmp_path / "b.png", back, pal2)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_problem_masks(tmp_path):
+    ids = np.zeros((20, 30), np.uint8)
+    ids[5:10, 5:10] = 2
+    Image.fromarray(DAVIS_PALETTE[ids]).save(tmp_path / "rgb.png")
+    with pytest.warns(UserWarning, match="RGB"):
+        assert np.array_equal(read_mask(tmp_path / "rgb.png")[0], ids)
+    bad = DAVIS_PALETTE[ids].copy()
+    bad[0, 0] = (1, 2, 3)
+    Image.fromarray(bad).save(tmp_path / "rgb_bad.png")
+    with pytest.raises(MaskError, match="indexed"):
+        read_mask(tmp_path / "rgb_bad.png")
+    Image.fromarray((ids > 0).astype(np.uint8) * 255).save(tmp_path / "l.png")
+    assert read_mask(tmp_path / "l.png", binary_255_is_object=True)[0].max() == 1
+    Image.fromarray((ids > 0).astype(np.uint16) * 65535).save(tmp_path / "16.png")
+    assert read_mask(tmp_path / "16.png")[0].max() == 1
+    with pytest.raises(MaskError, match="match the frame size"):
+        read_mask(tmp_path / "l.png", size=(40, 60))
+    with pytest.warns(UserWarning, match="resized"):
+        assert read_mask(tmp_path / "l.png", size=(20, 31))[0].shape == (20, 31)
+    aa = ids.copy()
+    aa[5, 4] = 1  # an anti-aliasing phantom id
+    write_mask(tmp_path / "aa.png", aa)
+    with pytest.warns(UserWarning, match="anti-aliased"):
+        read_mask(tmp_path / "aa.png", min_area=4)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(MaskError, match="cannot read"):
+        read_mask(tmp_path / "broken.png")
+
+
+def test_frame_folder_natural_sort_and_sizes(tmp_path):
+    for name in ["frame10", "frame2", "frame1"]:
+        Image.fromarray(np.full((8, 12, 3), int(name[5:]), np.uint8)).save(tmp_path / f"{name}.png")
+    ff = FrameFolder(tmp_path)
+    assert ff.names == ["frame1", "frame2", "frame10"] and ff[2][0, 0, 0] == 10
+    Image.fromarray(np.zeros((9, 12, 3), np.uint8)).save(tmp_path / "frame11.png")
+    with pytest.raises(FrameError, match="share a size"):
+        FrameFolder(tmp_path)[3]
+    assert FrameFolder(tmp_path, short_side=16)[3].shape == (16, 24, 3)
+    (tmp_path / "frame12.jpg").write_bytes(b"garbage")
+    with pytest.raises(FrameError, match="corrupt"):
+        FrameFolder(tmp_path, short_side=8)[4]
+
+
+def test_mp4_write_and_stream_read(tmp_path, clip):
+    frames, _ = clip
+    write_mp4(tmp_path / "c.mp4", frames, fps=10)
+    v = open_frames(tmp_path / "c.mp4")
+    assert isinstance(v, VideoFile) and len(v) == len(frames) and v.size == (96, 160) and abs(v.fps - 10) < 0.1
+    assert np.abs(v[5].astype(float) - frames[5]).mean() < 8
+    small = VideoFile(tmp_path / "c.mp4", short_side=48)
+    assert small[0].shape == (48, 80, 3) and small.size == (48, 80)
+    import pickle
+    assert pickle.loads(pickle.dumps(v))._reader is None  # never ship an open reader into workers
+    (tmp_path / "bad.mp4").write_bytes(b"nope")
+    with pytest.raises(FrameError):
+        VideoFile(tmp_path / "bad.mp4")
+    with pytest.raises(FrameError, match="not found"):
+        open_frames(tmp_path / "missing.mp4")
+
+
+def test_video_reader_in_dataloader_workers(tmp_path, clip):
+    import torch
+
+    write_mp4(tmp_path / "c.mp4", clip[0], fps=10)
+    v = VideoFile(tmp_path / "c.mp4")
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(v)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(v[i].copy())
+
+    out = list(torch.utils.data.DataLoader(DS(), batch_size=4, num_workers=2, timeout=60))
+    assert sum(len(b) for b in out) == len(clip[0])
+
+
+def test_dataset_layouts(tmp_path, clip):
+    root = write_davis(tmp_path / "d17", {"a": clip, "b": clip}, split="val")
+    seqs = list_sequences(root, "davis2017", "val")
+    assert [s.name for s in seqs] == ["a", "b"] and len(seqs[0].annotations) == 12
+    assert set(np.unique(seqs[0].read_mask(11)[0])) <= {0, 1, 2, 3}
+    root16 = write_davis(tmp_path / "d16", {"a": clip}, split="dev", layout="davis2016")
+    s16 = list_sequences(root16, "davis2016", "dev")[0]
+    assert s16.void_id is None and set(np.unique(s16.read_mask(0)[0]).tolist()) == {0, 1}
+    yt = write_youtubevos(tmp_path / "yt", {"v": clip}, stride=2)
+    (s,) = list_sequences(yt, "youtubevos", "valid")
+    assert s.eval_frames == [f"{t:05d}" for t in range(0, 12, 2)]
+    first = {int(i): t for t, p in sorted(s.annotations.items(), reverse=True) for i in np.unique(read_mask(p)[0]) if i}
+    assert first[1] == 0 and first[3] > 0  # the late object is annotated where it first appears
+
+
+def test_real_davis2016(shared_data):
+    seqs = list_sequences(shared_data / "davis2016", "davis2016", "dev")
+    assert [s.name for s in seqs] == ["bear", "bmx-bumps", "car-turn", "dance-jump", "soccerball"]
+    for s in seqs:
+        ids, _ = s.read_mask(0)
+        assert set(np.unique(ids).tolist()) == {0, 1}  # one object, not void
+    assert len(list_sequences(shared_data / "davis2016", "davis2016", "train")) == 25
+
+
+@pytest.mark.parametrize("name", ["bear", "soccerball"])
+def test_real_mp4_matches_jpegs(shared_data, name):
+    v = VideoFile(shared_data / "videos" / f"{name}.mp4")
+    ff = FrameFolder(shared_data / "davis2016" / "JPEGImages" / "480p" / name)
+    assert len(v) == len(ff) and v.size == ff.size
+    for i in (0, len(v) // 2, len(v) - 1):
+        assert np.abs(v[i].astype(float) - ff[i]).mean() < 6
+
+
+def test_real_judo_masks(shared_data):
+    ff = FrameFolder(shared_data / "cutie-examples" / "images" / "judo")
+    with pytest.warns(UserWarning, match="853x480"):
+        ids, pal = read_mask(shared_data / "cutie-examples" / "masks" / "judo" / "00005.png", size=ff.size)
+    assert ids.shape == (480, 854) and pal is not None
+    for frame, obj in ((0, 1), (5, 2), (8, 3), (13, 4)):
+        ids, _ = read_mask(shared_data / "cutie-examples" / "masks" / "judo" / f"{frame:05d}.png", size=ff.size)
+        assert obj in np.unique(ids)

@@ -1,0 +1,254 @@
+"""Typed configs: structured dataclasses + YAML files under configs/ + `key=value` overrides.
+
+Composition: wherever the schema expects a sub-config (a dataclass) and the YAML or an override gives a
+string, that string names a file `configs/<key>/<name>.yaml` (or is a path to a YAML file). For example
+`model: lite0` in a training config, or `model=hodor_swin_t` on the command line.
+
+Unknown keys are errors that name the closest valid key: a silently ignored typo once broke the reference
+implementation's sparse-video training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vos.utils import VosError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(VosError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------- model
+@dataclass
+class EncoderConfig:
+    layers: int = 2
+
+
+@dataclass
+class DecoderConfig:
+    layers: int = 2
+    # Local pixel-mixing block of each decoder layer: "deform" (3x3 deformable conv, the paper's), "conv"
+    # (depthwise-separable 3x3 conv, cheap on CPU), "none", or an attention block from vos.model.pixel_blocks.
+    pixel_block: str = "conv"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "lite0"  # lite0 | resnet18 | resnet50 | swin_t
+    # "package": the weights shipped by a pip package (lite0); "torchvision": torchvision's download (needs a
+    # network); a path to a state-dict file; or null for random initialisation.
+    backbone_weights: Optional[str] = "package"
+    freeze_backbone: bool = False
+    channels: int = 96  # C: stride-8 feature and descriptor width
+    mask_channels: int = 32  # stride-4 mask-feature width
+    heads: int = 8
+    ffn_mult: int = 4
+    bg_grid: int = 3  # background descriptors = bg_grid ** 2
+    dropout: float = 0.0
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+# ------------------------------------------------------------------------------------------- inference
+@dataclass
+class InferConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    window: int = 7  # W: past frames whose descriptors the decoder attends to
+    anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
+    short_side: int = 384  # internal resolution (shorter image side); 0 = native resolution
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
+
+
+# -------------------------------------------------------------------------------------------- training
+@dataclass
+class DataSource:
+    # synthetic | static_folder | coco | davis2016 | davis2017 | youtubevos
+    kind: str = "synthetic"
+    root: str = ""
+    split: str = "train"
+    weight: float = 1.0  # sampling weight in a mixture; weights of all sources must sum to 1
+    regime: str = "static"  # static (pseudo-clips from annotated frames) | sparse | dense
+    annotated: str = "first"  # which frame is the one annotated frame: first | middle | random
+    max_gap: int = 12  # sparse/dense video: other clip frames within this many frames of the annotated one
+    coco_annotations: str = ""  # coco: path to instances_*.json
+    length: int = 64  # synthetic: number of generated clips
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSource] = field(default_factory=lambda: [DataSource()])
+    size: list[int] = field(default_factory=lambda: [192, 192])  # training crop (H, W)
+    max_objects: int = 3
+    workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: int = 100
+    schedule: str = "cosine"  # cosine | step | constant
+    step_milestones: list[int] = field(default_factory=list)
+    step_gamma: float = 0.1
+    steps: int = 1000
+    batch_size: int = 2  # per process
+    effective_batch: int = 0  # 0 = batch_size * world size; else accumulate gradients to reach it
+    clip_grad: float = 1.0
+    amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; off on CPU
+    max_nonfinite: int = 10  # stop after this many non-finite losses in a row
+
+
+@dataclass
+class CycleConfig:
+    detach_masks: bool = False  # True = the reference code's choice; False = gradients through soft masks
+    long_cycles: bool = True  # alternate the 3-frame cycles; False = only [0]->0 and [0]->1->0
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "offline"  # offline | online | disabled (WANDB_MODE overrides)
+    project: str = "vos"
+    every: int = 10
+    image_every: int = 200
+    val_every: int = 0  # 0 = no periodic validation
+    val_root: str = ""
+    val_split: str = "dev"
+    val_layout: str = "davis2016"
+    val_max_seqs: int = 0  # 0 = all
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    cycles: CycleConfig = field(default_factory=CycleConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    init_from: str = ""  # checkpoint whose model weights initialise this run (e.g. static -> cycle)
+    out_dir: str = "runs/default"
+    ckpt_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+
+
+# ----------------------------------------------------------------------------------------------- loader
+def _fields(schema: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(schema)}
+
+
+def _field_type(schema: type, name: str) -> Any:
+    import typing
+
+    return typing.get_type_hints(schema)[name]
+
+
+def _unknown(key: str, valid: Sequence[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{where}{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _named_file(group: str, name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    candidate = CONFIG_DIR / group / f"{name}.yaml"
+    if not candidate.exists():
+        options = sorted(q.stem for q in (CONFIG_DIR / group).glob("*.yaml"))
+        raise ConfigError(f"no config '{name}' for '{group}': expected {candidate}. Available: {', '.join(options)}")
+    return candidate
+
+
+def _resolve(data: dict, schema: type, where: str = "") -> dict:
+    """Check keys against the schema (recursively) and expand string references to sub-config files."""
+    fields = _fields(schema)
+    out = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown(key, fields, where)
+        ftype = _field_type(schema, key)
+        if dataclasses.is_dataclass(ftype):
+            if isinstance(value, str):
+                value = _read_yaml(_named_file(key, value))
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{where}{key}' must be a mapping or the name of a {key} config")
+            value = _resolve(value, ftype, f"{where}{key}.")
+        elif getattr(ftype, "__origin__", None) is list and isinstance(value, list):
+            (item_type,) = ftype.__args__
+            if dataclasses.is_dataclass(item_type):
+                value = [_resolve(v, item_type, f"{where}{key}[{i}].") for i, v in enumerate(value)]
+        out[key] = value
+    return out
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[parts[-1]] = value
+
+
+def load_config(schema: type, path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Build a config: schema defaults <- YAML file <- `key=value` overrides (values parsed as YAML)."""
+    layers = []
+    if path is not None:
+        layers.append(_resolve(_read_yaml(Path(path)), schema))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (for example optim.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        tree: dict = {}
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        layers.append(_resolve(tree, schema))
+    cfg = OmegaConf.structured(schema)
+    try:
+        for layer in layers:
+            cfg = OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid config value: {e}".splitlines()[0]) from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def config_from_dict(schema: type, data: dict) -> DictConfig:
+    """Rebuild a config saved as a plain dict (e.g. inside a checkpoint), validating its keys."""
+    cfg = OmegaConf.merge(OmegaConf.structured(schema), _resolve(data, schema))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    from vos.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(cfg))

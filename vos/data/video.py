@@ -1,0 +1,139 @@
+"""Frame sources: a video file (decord2, streamed) or a folder of images, behind one small interface.
+
+A frame source is a sequence of RGB uint8 frames (H, W, 3) with `names` (used for output file names),
+`size` (H, W after optional resizing) and `fps`. Nothing decodes a whole video into memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from vos.utils import VosError, natural_key
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+class FrameError(VosError):
+    pass
+
+
+def _resized_size(h: int, w: int, short_side: int | None) -> tuple[int, int]:
+    if not short_side or min(h, w) == short_side:
+        return h, w
+    s = short_side / min(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+class FrameSource:
+    names: list[str]
+    size: tuple[int, int]
+    fps: float
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+class VideoFile(FrameSource):
+    """A video file read through decord2. The reader opens lazily, in the process that first reads a frame:
+    a reader opened in a parent process hangs forked DataLoader workers, so it is never pickled."""
+
+    def __init__(self, path: str | Path, short_side: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FrameError(f"video not found: {self.path}")
+        self.short_side = short_side
+        self._reader = None
+        probe = self._open(0, 0)  # metadata only; closed right away so nothing leaks into forked workers
+        try:
+            n, fps = len(probe), float(probe.get_avg_fps())
+            h, w = probe[0].shape[:2]
+        except Exception as e:  # decord raises its own error types
+            raise FrameError(f"cannot decode video {self.path}: {e}") from None
+        finally:
+            del probe
+        if n == 0:
+            raise FrameError(f"video {self.path} has no frames")
+        self.native_size = (h, w)
+        self.size = _resized_size(h, w, short_side)
+        self.fps = fps
+        self.names = [f"{i:05d}" for i in range(n)]
+
+    def _open(self, height: int, width: int):
+        import decord
+
+        try:
+            return decord.VideoReader(str(self.path), ctx=decord.cpu(0), width=width or -1, height=height or -1,
+                                      num_threads=1)
+        except Exception as e:
+            raise FrameError(f"cannot open video {self.path}: {e}") from None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_reader": None}
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._reader is None:
+            h, w = self.size
+            self._reader = self._open(*((h, w) if self.size != self.native_size else (0, 0)))
+        try:
+            return self._reader[i].asnumpy()
+        except Exception as e:
+            raise FrameError(f"cannot decode frame {i} of {self.path}: {e}") from None
+
+
+class FrameFolder(FrameSource):
+    """A folder of jpg/jpeg/png frames in natural order. Mixed frame sizes are an error unless resizing."""
+
+    def __init__(self, path: str | Path, short_side: int | None = None, fps: float = 24.0):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FrameError(f"frame folder not found: {self.path}")
+        self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTS),
+                            key=lambda p: natural_key(p.name))
+        if not self.files:
+            raise FrameError(f"no .jpg/.jpeg/.png frames in {self.path}")
+        self.names = [p.stem for p in self.files]
+        self.short_side = short_side
+        self.fps = fps
+        with Image.open(self.files[0]) as im:
+            w, h = im.size
+        self.native_size = (h, w)
+        self.size = _resized_size(h, w, short_side)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        p = self.files[i]
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if im.size != (self.native_size[1], self.native_size[0]) and not self.short_side:
+                    raise FrameError(f"{p}: frame is {im.size[0]}x{im.size[1]} but the first frame is "
+                                     f"{self.native_size[1]}x{self.native_size[0]}; frames of one video must share a "
+                                     "size (or ask for resizing)")
+                if im.size != (self.size[1], self.size[0]):
+                    im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                return np.asarray(im)
+        except FrameError:
+            raise
+        except (OSError, SyntaxError) as e:
+            raise FrameError(f"cannot read frame {p}: {e} (corrupt or truncated image?)") from None
+
+
+def open_frames(path: str | Path, short_side: int | None = None) -> FrameSource:
+    """A video file or a frame folder, by what `path` is."""
+    p = Path(path)
+    if p.is_dir():
+        return FrameFolder(p, short_side)
+    if p.is_file():
+        return VideoFile(p, short_side)
+    raise FrameError(f"input not found: {p} (give a video file or a folder of frames)")

@@ -1,0 +1,26 @@
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+
+def natural_key(name: str) -> list:
+    """Sort key so that 'frame2' comes before 'frame10'."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(name))]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block finishes.
+
+    A crash or interrupt mid-write never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # keep the suffix: writers infer formats from it
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
