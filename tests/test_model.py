@@ -1,0 +1,189 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vos.config import InferConfig, load_config
+from vos.model import HODOR, SoftMaskedAttention, default_alphas, lite0_classifier, logits_to_probs, merged_logits
+from vos.model.attention import attention_bias
+from vos.model.backbone import BackboneError
+
+
+def tiny_cfg(**over):
+    items = ["model.channels=32", "model.mask_channels=8", "model.heads=4", "model.encoder.layers=1",
+             "model.decoder.layers=1", "model.backbone_weights=null"] + [f"model.{k}={v}" for k, v in over.items()]
+    return load_config(InferConfig, None, items).model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return HODOR(tiny_cfg()).eval()
+
+
+def test_alpha_init():
+    assert default_alphas(8) == [32, 32, 16, 16, 8, 8, 4, 4]
+    assert default_alphas(4) == [32, 16, 8, 4] and default_alphas(1) == [32]
+    assert sorted(default_alphas(16), reverse=True) == default_alphas(16)
+
+
+def _attn_case(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 5, 16, generator=g, dtype=dtype), torch.randn(2, 11, 16, generator=g, dtype=dtype)
+    m = torch.rand(2, 5, 11, generator=g, dtype=dtype)
+    return q, k, m
+
+
+def test_soft_masked_attention_sdpa_equals_explicit():
+    torch.manual_seed(0)
+    a = SoftMaskedAttention(16, 4)
+    q, k, m = _attn_case()
+    pad = torch.zeros(2, 11, dtype=torch.bool)
+    pad[1, -3:] = True
+    torch.testing.assert_close(a(q, k, k, m, pad), a(q, k, k, m, pad, explicit=True), atol=1e-5, rtol=1e-5)
+
+
+def test_soft_mask_of_ones_is_standard_attention():
+    torch.manual_seed(0)
+    a = SoftMaskedAttention(16, 4)
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    ref.in_proj_weight.data = torch.cat([a.q.weight, a.k.weight, a.v.weight]).data
+    ref.in_proj_bias.data = torch.cat([a.q.bias, a.k.bias, a.v.bias]).data
+    ref.out_proj.weight.data, ref.out_proj.bias.data = a.out.weight.data, a.out.bias.data
+    q, k, _ = _attn_case()
+    torch.testing.assert_close(a(q, k, k, torch.ones(2, 5, 11)), ref(q, k, k, need_weights=False)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_large_alpha_is_hard_masked_attention():
+    torch.manual_seed(0)
+    a = SoftMaskedAttention(16, 4, alphas=[1e4] * 4)
+    q, k, m = _attn_case()
+    hard = (m > 0.5).float()
+    hard[..., 0] = 1  # every query keeps at least one key
+    out = a(q, k, k, hard)
+    a_plain = SoftMaskedAttention(16, 4)
+    a_plain.load_state_dict({**a.state_dict(), "alpha": torch.zeros(4)})
+    with torch.no_grad():
+        qs, ks, vs = a._split(a.q(q)), a._split(a.k(k)), a._split(a.v(k))
+        ref = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=hard.bool()[:, None])
+        ref = a.out(ref.transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_gradients_wrt_mask_and_alpha_match_finite_differences():
+    torch.manual_seed(0)
+    a = SoftMaskedAttention(8, 2, alphas=[2.0, 0.5]).double()
+    q, k, m = _attn_case(torch.float64)
+    q, k = q[:1, :2, :8], k[:1, :4, :8]
+    m = m[:1, :2, :4].clone().requires_grad_(True)
+    out = a(q, k, k, m)
+    gm, ga = torch.autograd.grad(out.sum(), [m, a.alpha])
+    assert gm.abs().sum() > 0 and ga.abs().sum() > 0
+    assert torch.autograd.gradcheck(lambda mm: a(q, k, k, mm), (m,))
+    alpha = a.alpha.detach().clone().requires_grad_(True)
+
+    def f(al):
+        qs, ks, vs = a._split(a.q(q)), a._split(a.k(k)), a._split(a.v(k))
+        logits = qs @ ks.transpose(-1, -2) / np.sqrt(4) + attention_bias(m.detach(), al, None, torch.float64)
+        return a.out((logits.softmax(-1) @ vs).transpose(1, 2).reshape(1, 2, 8))
+
+    assert torch.autograd.gradcheck(f, (alpha,))
+
+
+@pytest.mark.parametrize("objects,T,size", [(1, 1, (64, 96)), (2, 3, (70, 99)), (4, 2, (33, 47))])
+def test_shapes_through_the_model(model, objects, T, size):
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        f = model.features(x)
+        masks = (torch.rand(1, objects, *size) > 0.7).float()
+        d = model.encode(f, masks)
+        assert d.shape == (1, model.num_bg + objects, 32)
+        desc = d[:, None].expand(1, T, -1, -1)
+        lg = model.decode(f, desc, torch.ones(desc.shape[:3], dtype=torch.bool))
+        assert lg.shape[1] == 1 + model.num_bg + objects and lg.dtype == torch.float32
+        full = model.upsample(lg, size)
+        assert full.shape[-2:] == size
+        p = logits_to_probs(lg, model.num_bg)
+        torch.testing.assert_close(p.sum(1), torch.ones_like(p[:, 0]))
+        assert merged_logits(lg, model.num_bg).shape[1] == 1 + objects
+        again = model.encode(f, p[:, 1:], stride=4)
+        assert again.shape == d.shape and torch.isfinite(again).all()
+
+
+def test_empty_and_tiny_masks(model):
+    x = torch.rand(1, 3, 64, 64)
+    masks = torch.zeros(1, 2, 64, 64)
+    masks[0, 1, 10, 10] = 1  # one pixel: vanishes at stride 8
+    with torch.no_grad():
+        f = model.features(x)
+        d = model.encode(f, masks)
+    assert torch.isfinite(d).all() and d[0, model.num_bg:].abs().sum(-1).min() > 0
+
+
+def test_object_permutation_equivariance_and_padding(model):
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 80)
+    masks = (torch.rand(2, 3, 64, 80) > 0.6).float()
+    with torch.no_grad():
+        f = model.features(x)
+        d = model.encode(f, masks)
+        valid = torch.ones(2, 1, d.shape[1], dtype=torch.bool)
+        lg = model.decode(f, d[:, None], valid)
+        perm = torch.tensor([2, 0, 1])
+        dp = model.encode(f, masks[:, perm])
+        lgp = model.decode(f, dp[:, None], valid)
+        nb = 1 + model.num_bg
+        torch.testing.assert_close(lgp[:, nb:], lg[:, nb:][:, perm], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(lgp[:, :nb], lg[:, :nb], atol=1e-4, rtol=1e-4)
+        # a padded 4th object (with garbage mask) changes nothing for the real ones
+        padded = torch.cat([masks, torch.rand(2, 1, 64, 80)], 1)
+        ov = torch.tensor([[True, True, True, False]] * 2)
+        dpad = model.encode(f, padded, ov)
+        vpad = torch.cat([torch.ones(2, 1, model.num_bg, dtype=torch.bool), ov[:, None]], 2)
+        lgpad = model.decode(f, dpad[:, None], vpad)
+        torch.testing.assert_close(lgpad[:, :-1], lg, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_autocast_forward_backward_on_two_frames():
+    torch.manual_seed(0)
+    m = HODOR(tiny_cfg(**{"decoder.pixel_block": "deform"})).train()
+    x = torch.rand(2, 3, 64, 64)
+    masks = (torch.rand(1, 2, 64, 64) > 0.5).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f = m.features(x)
+        f0 = type(f)(f.f4[:1], f.f8[:1], f.size)
+        f1 = type(f)(f.f4[1:], f.f8[1:], f.size)
+        d = m.encode(f0, masks)
+        lg = m.decode(f1, d[:, None], torch.ones(1, 1, d.shape[1], dtype=torch.bool))
+        loss = F.cross_entropy(m.upsample(merged_logits(lg, m.num_bg), (64, 64)).float(), masks.argmax(1))
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert all(g is None or torch.isfinite(g).all() for g in grads) and sum(g is not None for g in grads) > 10
+
+
+def test_missing_weight_file_is_an_error():
+    with pytest.raises(BackboneError, match="not found"):
+        HODOR(tiny_cfg(backbone="resnet18", backbone_weights="/nonexistent.pth"))
+    with pytest.raises(BackboneError, match="only for lite0"):
+        HODOR(tiny_cfg(backbone="resnet18", backbone_weights="package"))
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "swin_t"])
+def test_torchvision_backbones_random_init(backbone):
+    m = HODOR(tiny_cfg(backbone=backbone)).eval()
+    with torch.no_grad():
+        f = m.features(torch.rand(1, 3, 64, 64))
+    assert f.f8.shape == (1, 32, 8, 8) and f.f4.shape == (1, 8, 16, 16)
+
+
+@pytest.mark.parametrize("name,expected", [("chelsea", range(281, 286)), ("coffee", [504, 967, 968])])
+def test_packaged_lite0_weights_classify_real_photos(name, expected):
+    skimage_data = pytest.importorskip("skimage.data")
+    img = getattr(skimage_data, name)()
+    m = lite0_classifier("package").eval()
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        top = m((x - 0.5) / 0.5).topk(5).indices[0].tolist()
+    assert top[0] in expected, top

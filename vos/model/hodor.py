@@ -1,0 +1,255 @@
+"""HODOR: high-level object descriptors for object re-segmentation, with soft-masked attention.
+
+Shapes: B clips, T past frames, I objects (padded per batch; `valid` flags real ones), C channels,
+Qb = bg_grid**2 background descriptors, Q = Qb + I descriptors per frame (background first).
+
+    feats = model.features(images)                 # once per frame: backbone + FPN
+    desc = model.encode(feats, masks, valid)        # masks -> (B, Q, C) descriptors
+    logits = model.decode(feats, descs, desc_valid) # (B, T, Q, C) descriptors of past frames -> stride-4 logits
+    probs = logits_to_probs(logits, model.num_bg)   # (B, 1 + I, h4, w4): background, then objects
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vos.model.attention import SoftMaskedAttention
+from vos.model.backbone import build_backbone
+from vos.model.pixel_blocks import build_pixel_block, groups_for
+
+NEG = -1e4  # "minus infinity" that stays finite in fp16/bf16 and in gradients
+STRIDE = 32  # inputs are padded to a multiple of the coarsest backbone stride
+
+
+@dataclass
+class Features:
+    f4: torch.Tensor  # (N, Cm, H/4, W/4) mask features
+    f8: torch.Tensor  # (N, C, H/8, W/8) attention features
+    size: tuple[int, int]  # (H, W) of the unpadded input
+
+
+def sine_position(h: int, w: int, dim: int, device, dtype) -> torch.Tensor:
+    """DETR-style 2D sine positional encoding, (h*w, dim): half for y, half for x, coordinates in [0, 2pi]."""
+    npf = dim // 4
+    y = torch.linspace(0, 2 * math.pi, h, device=device).view(h, 1).expand(h, w)
+    x = torch.linspace(0, 2 * math.pi, w, device=device).view(1, w).expand(h, w)
+    freq = 10000 ** (torch.arange(npf, device=device, dtype=torch.float32) / npf)
+    parts = []
+    for c in (y, x):
+        a = c.reshape(-1, 1) / freq * 64
+        parts += [a.sin(), a.cos()]
+    pe = torch.cat(parts, 1)
+    return F.pad(pe, (0, dim - pe.shape[1])).to(dtype)
+
+
+class FPN(nn.Module):
+    """Top-down FPN: strides 32/16/8 to C channels (GN), stride 4 to the smaller mask width Cm."""
+
+    def __init__(self, in_channels: tuple[int, ...], c: int, cm: int):
+        super().__init__()
+        c4, c8, c16, c32 = in_channels
+        gn = lambda n: nn.GroupNorm(groups_for(n), n)  # noqa: E731
+        self.lat = nn.ModuleList([nn.Sequential(nn.Conv2d(ci, c, 1), gn(c)) for ci in (c8, c16, c32)])
+        self.smooth8 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), gn(c), nn.ReLU())
+        self.lat4 = nn.Sequential(nn.Conv2d(c4, cm, 1), gn(cm))
+        self.down8 = nn.Conv2d(c, cm, 1)
+        self.smooth4 = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), gn(cm), nn.ReLU())
+
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x4, x8, x16, x32 = feats
+        p = self.lat[2](x32)
+        p = self.lat[1](x16) + F.interpolate(p, size=x16.shape[-2:], mode="nearest")
+        p8 = self.smooth8(self.lat[0](x8) + F.interpolate(p, size=x8.shape[-2:], mode="nearest"))
+        p4 = self.smooth4(self.lat4(x4) + F.interpolate(self.down8(p8), size=x4.shape[-2:], mode="nearest"))
+        return p4, p8
+
+
+class FFN(nn.Module):
+    def __init__(self, c: int, mult: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(c, c * mult), nn.ReLU(), nn.Dropout(dropout), nn.Linear(c * mult, c))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class EncoderLayer(nn.Module):
+    """Descriptor self-attention, soft-masked cross-attention to the frame's pixels, FFN (post-norm)."""
+
+    def __init__(self, c: int, heads: int, ffn_mult: int, dropout: float):
+        super().__init__()
+        self.self_attn = SoftMaskedAttention(c, heads, dropout)
+        self.cross_attn = SoftMaskedAttention(c, heads, dropout)
+        self.ffn = FFN(c, ffn_mult, dropout)
+        self.norms = nn.ModuleList([nn.LayerNorm(c) for _ in range(3)])
+
+    def forward(self, d, query_embed, pixels, pixel_pos, masks, pad):
+        q = d + query_embed
+        d = self.norms[0](d + self.self_attn(q, q, d, key_padding=pad))
+        d = self.norms[1](d + self.cross_attn(d + query_embed, pixels + pixel_pos, pixels, mask=masks))
+        return self.norms[2](d + self.ffn(d))
+
+
+class DecoderLayer(nn.Module):
+    """Pixel-mixing block, cross-attention from pixels to past descriptors, FFN (residual + LayerNorm).
+
+    Object and background descriptors have separate key/value projections."""
+
+    def __init__(self, c: int, heads: int, ffn_mult: int, dropout: float, pixel_block: str):
+        super().__init__()
+        self.block = build_pixel_block(pixel_block, c, heads)
+        self.attn = SoftMaskedAttention(c, heads, dropout)
+        self.k_bg, self.v_bg = nn.Linear(c, c), nn.Linear(c, c)
+        self.ffn = FFN(c, ffn_mult, dropout)
+        self.norms = nn.ModuleList([nn.LayerNorm(c) for _ in range(3)])
+
+    def forward(self, x, pos, desc, is_bg, pad):
+        """x (B, C, h, w); pos (hw, C); desc (B, N, C) all past descriptors; is_bg (N,); pad (B, N) bool."""
+        B, C, h, w = x.shape
+        x = x + self.block(x)
+        t = self.norms[0](x.flatten(2).transpose(1, 2))
+        a = self.attn
+        q = a._split(a.q(t + pos))
+        k = a._split(torch.where(is_bg[None, :, None], self.k_bg(desc), a.k(desc)))
+        v = a._split(torch.where(is_bg[None, :, None], self.v_bg(desc), a.v(desc)))
+        bias = torch.zeros(pad.shape, dtype=q.dtype, device=q.device).masked_fill(pad, float("-inf"))[:, None, None]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        t = self.norms[1](t + a.out(o.transpose(1, 2).reshape(B, h * w, C)))
+        t = self.norms[2](t + self.ffn(t))
+        return t.transpose(1, 2).reshape(B, C, h, w)
+
+
+class HODOR(nn.Module):
+    def __init__(self, cfg):
+        """cfg: a ModelConfig (see vos.config) or any object with the same attributes."""
+        super().__init__()
+        self.cfg = cfg
+        c, cm, heads = cfg.channels, cfg.mask_channels, cfg.heads
+        self.backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
+        if cfg.freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.fpn = FPN(self.backbone.channels, c, cm)
+        self.num_bg = cfg.bg_grid ** 2
+        self.bg_query = nn.Parameter(torch.randn(self.num_bg, c) * 0.02)
+        self.obj_query = nn.Parameter(torch.randn(1, c) * 0.02)
+        self.encoder = nn.ModuleList(EncoderLayer(c, heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.encoder.layers))
+        self.decoder = nn.ModuleList(DecoderLayer(c, heads, cfg.ffn_mult, cfg.dropout, cfg.decoder.pixel_block)
+                                     for _ in range(cfg.decoder.layers))
+        self.up8 = nn.Conv2d(c, cm, 1)
+        self.head = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.GroupNorm(groups_for(cm), cm), nn.ReLU())
+        self.desc_proj = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, cm))
+        self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
+
+    # ------------------------------------------------------------------------------------------ features
+    def features(self, images: torch.Tensor) -> Features:
+        """images (N, 3, H, W) in [0, 1]; any H, W (padded internally to a multiple of 32)."""
+        H, W = images.shape[-2:]
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        x = F.pad(x, (0, -W % STRIDE, 0, -H % STRIDE))
+        f4, f8 = self.fpn(self.backbone(x))
+        return Features(f4, f8, (H, W))
+
+    # ------------------------------------------------------------------------------------------- encoder
+    def masks_to_s8(self, masks: torch.Tensor, feats: Features) -> torch.Tensor:
+        """Soft masks at the input size (B, I, H, W) -> stride 8 (area averaging over padded size)."""
+        H, W = feats.size
+        masks = F.pad(masks, (0, -W % STRIDE, 0, -H % STRIDE))
+        return F.avg_pool2d(masks, 8)
+
+    def bg_cells(self, h: int, w: int, device, dtype) -> torch.Tensor:
+        """(Qb, h, w) 0/1 cells of a bg_grid x bg_grid partition of the stride-8 map."""
+        g = self.cfg.bg_grid
+        ys = torch.arange(h, device=device) * g // h
+        xs = torch.arange(w, device=device) * g // w
+        cell = ys[:, None] * g + xs[None, :]
+        return (cell[None] == torch.arange(g * g, device=device)[:, None, None]).to(dtype)
+
+    def encode(self, feats: Features, masks: torch.Tensor, valid: torch.Tensor | None = None,
+               stride: int = 1) -> torch.Tensor:
+        """Descriptors (B, Qb + I, C) from soft masks (B, I, H/stride, W/stride) in [0, 1].
+
+        stride=1: masks at the input size; stride=4: stride-4 probabilities over the padded size (what
+        decode returns); stride=8: already at the attention resolution.
+        """
+        if stride == 1:
+            m = self.masks_to_s8(masks, feats)
+        else:
+            m = F.avg_pool2d(masks, 8 // stride) if stride < 8 else masks
+        f = feats.f8
+        B, C, h, w = f.shape
+        I = m.shape[1]
+        if valid is None:
+            valid = torch.ones(B, I, dtype=torch.bool, device=f.device)
+        m = m.to(f.dtype) * valid[:, :, None, None].to(f.dtype)
+        flat_f = f.flatten(2)  # (B, C, hw)
+        flat_m = m.flatten(2)  # (B, I, hw)
+        hard = (flat_m > 0.5).to(f.dtype)
+        count = hard.sum(-1, keepdim=True)
+        mean = torch.einsum("bip,bcp->bic", hard, flat_f) / count.clamp(min=1)
+        # An object too small to cover a stride-8 pixel (or absent) keeps a descriptor: its most likely pixel.
+        peak = flat_f.transpose(1, 2).gather(1, flat_m.argmax(-1, keepdim=True).expand(B, I, C))
+        obj = torch.where(count > 0, mean, peak)
+        bg_m = self.bg_cells(h, w, f.device, f.dtype).flatten(1)[None] * (1 - flat_m.sum(1, keepdim=True)).clamp(0, 1)
+        bg_w = bg_m.sum(-1, keepdim=True)
+        bg = torch.einsum("bkp,bcp->bkc", bg_m, flat_f) / bg_w.clamp(min=1e-6)
+        bg = torch.where(bg_w > 1e-6, bg, torch.zeros_like(bg))
+        d = torch.cat([bg, obj * valid[..., None].to(f.dtype)], 1)
+        attn_masks = torch.cat([bg_m, flat_m], 1)  # (B, Q, hw)
+        query = torch.cat([self.bg_query, self.obj_query.expand(I, -1)], 0)[None].to(f.dtype)
+        pad = torch.cat([torch.zeros(B, self.num_bg, dtype=torch.bool, device=f.device), ~valid], 1)
+        pixels = flat_f.transpose(1, 2)
+        pos = sine_position(h, w, C, f.device, f.dtype)[None]
+        for layer in self.encoder:
+            d = layer(d, query, pixels, pos, attn_masks, pad)
+        return d
+
+    # ------------------------------------------------------------------------------------------- decoder
+    def decode(self, feats: Features, desc: torch.Tensor, desc_valid: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1 + Qb + I, H/4, W/4) over the padded frame: [catch-all, background cells, objects].
+
+        desc (B, T, Q, C): descriptors of T past frames; desc_valid (B, T, Q) bool: False for padded objects
+        and unused frame slots. A logit map is the max over the past frames of descriptor . pixel embedding.
+        """
+        B, T, Q, C = desc.shape
+        x = feats.f8
+        h, w = x.shape[-2:]
+        pos = sine_position(h, w, C, x.device, x.dtype)[None]
+        is_bg = (torch.arange(Q, device=x.device) < self.num_bg).repeat(T)
+        flat, pad = desc.reshape(B, T * Q, C), ~desc_valid.reshape(B, T * Q)
+        for layer in self.decoder:
+            x = layer(x, pos, flat, is_bg, pad)
+        e = F.interpolate(self.up8(x), size=feats.f4.shape[-2:], mode="bilinear", align_corners=False)
+        e = self.head(e + feats.f4)
+        k = self.desc_proj(desc)  # (B, T, Q, Cm)
+        logits = torch.einsum("btqc,bchw->btqhw", k, e) / math.sqrt(k.shape[-1])
+        logits = logits.masked_fill(~desc_valid[..., None, None], NEG).amax(1)
+        return torch.cat([self.catch_all(e), logits], 1)
+
+    def upsample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Stride-4 logits over the padded frame -> the unpadded input size (H, W)."""
+        H, W = size
+        full = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
+        return full[..., :H, :W]
+
+
+def logits_to_probs(logits: torch.Tensor, num_bg: int) -> torch.Tensor:
+    """(B, 1 + Qb + I, ...) -> (B, 1 + I, ...): softmax, background = catch-all + all cells."""
+    p = logits.float().softmax(1)
+    return torch.cat([p[:, : 1 + num_bg].sum(1, keepdim=True), p[:, 1 + num_bg:]], 1)
+
+
+def merged_logits(logits: torch.Tensor, num_bg: int) -> torch.Tensor:
+    """(B, 1 + Qb + I, ...) -> (B, 1 + I, ...): background logits merged by max (for the loss)."""
+    return torch.cat([logits[:, : 1 + num_bg].amax(1, keepdim=True), logits[:, 1 + num_bg:]], 1)
+
+
+def probs_to_labels(probs: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + I, ...) -> (B, ...) int64 labels: 0 background, k = k-th object."""
+    return probs.argmax(1)
