@@ -1,0 +1,57 @@
+"""Reference baselines with the same per-frame interface as the model's propagator, so that `infer.py
+--method copy|flow` runs them through the same CLI and outputs.
+
+step(frame RGB uint8 (H, W, 3), new_mask ids (H, W) or None) -> ids (H, W) uint8.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def merge_new(current: np.ndarray | None, new: np.ndarray | None) -> np.ndarray | None:
+    """Objects given at this frame override the propagated labels where they are; other objects stay."""
+    if new is None:
+        return current
+    if current is None:
+        return new.copy()
+    out = current.copy()
+    out[np.isin(out, np.unique(new[new > 0]))] = 0  # a re-given object is replaced, not duplicated
+    out[new > 0] = new[new > 0]
+    return out
+
+
+class CopyBaseline:
+    """The first (or latest given) mask copied to every frame."""
+
+    def __init__(self):
+        self.mask = None
+
+    def step(self, frame: np.ndarray, new_mask: np.ndarray | None = None) -> np.ndarray:
+        self.mask = merge_new(self.mask, new_mask)
+        return self.mask if self.mask is not None else np.zeros(frame.shape[:2], np.uint8)
+
+
+class FlowBaseline:
+    """Warp the previous mask along the backward DIS optical flow (preset MEDIUM), nearest neighbour."""
+
+    def __init__(self):
+        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self.prev_gray = None
+        self.mask = None
+
+    def step(self, frame: np.ndarray, new_mask: np.ndarray | None = None) -> np.ndarray:
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if self.mask is not None and self.prev_gray is not None:
+            flow = self.dis.calc(gray, self.prev_gray, None)  # current -> previous
+            h, w = gray.shape
+            gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            self.mask = cv2.remap(self.mask, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_NEAREST,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        self.mask = merge_new(self.mask, new_mask)
+        self.prev_gray = gray
+        return self.mask if self.mask is not None else np.zeros(gray.shape, np.uint8)
+
+
+BASELINES = {"copy": CopyBaseline, "flow": FlowBaseline}

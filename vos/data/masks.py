@@ -62,6 +62,8 @@ def _to_ids(img: Image.Image, path: Path, binary_255_is_object: bool) -> tuple[n
         return arr.astype(np.uint8), None
     if mode in ("RGB", "RGBA", "LA"):
         rgb = np.array(img.convert("RGB"))
+        if (rgb == rgb[..., :1]).all():  # grey RGB (some DAVIS-2016 masks): read as a grayscale mask
+            return _to_ids(Image.fromarray(rgb[..., 0]), path, binary_255_is_object)
         colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
         lut = {tuple(c): i for i, c in enumerate(DAVIS_PALETTE.tolist())}
         ids = np.array([lut.get(tuple(c), -1) for c in colours.tolist()])

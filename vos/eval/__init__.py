@@ -1,0 +1,7 @@
+"""Evaluation: DAVIS J&F (identical to the official code) and the YouTube-VOS export."""
+
+from vos.eval.davis import SequenceResult, evaluate_dataset, evaluate_masks, format_table, summarize
+from vos.eval.metrics import f_measure, jaccard, statistics
+
+__all__ = ["SequenceResult", "evaluate_dataset", "evaluate_masks", "format_table", "summarize", "f_measure",
+           "jaccard", "statistics"]
