@@ -147,6 +147,14 @@ class HODOR(nn.Module):
         self.desc_proj = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, cm))
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
 
+    def train(self, mode: bool = True) -> "HODOR":
+        """Backbone BatchNorm statistics stay frozen: training batches of a few clips are too small for them."""
+        super().train(mode)
+        for mod in self.backbone.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.eval()
+        return self
+
     # ------------------------------------------------------------------------------------------ features
     def features(self, images: torch.Tensor) -> Features:
         """images (N, 3, H, W) in [0, 1]; any H, W (padded internally to a multiple of 32)."""
