@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from vos.data.masks import write_mask
+from vos.data.video import Mp4Writer
 from vos.utils import atomic_path
 
 
@@ -120,24 +121,11 @@ def make_clip(
     return frames, masks
 
 
-def write_mp4(path: str | Path, frames, fps: float = 24.0, crf: int = 18) -> None:
-    """Encode RGB frames (an iterable of HxWx3 uint8) as H.264 mp4 with PyAV, atomically."""
-    import av
-
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), "w") as container:
-            stream = None
-            for f in frames:
-                if stream is None:
-                    h, w = f.shape[:2]
-                    stream = container.add_stream("libx264", rate=int(round(fps)), options={"crf": str(crf)})
-                    stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
-                f = np.ascontiguousarray(f[: stream.height, : stream.width])
-                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                    container.mux(packet)
-            if stream is not None:
-                for packet in stream.encode():
-                    container.mux(packet)
+def write_mp4(path: str | Path, frames, fps: float = 24.0) -> None:
+    """Encode RGB frames (an iterable of HxWx3 uint8) as an H.264 mp4, atomically."""
+    with Mp4Writer(path, fps) as w:
+        for f in frames:
+            w.write(f)
 
 
 def _write_jpg(path: Path, frame: np.ndarray) -> None:

@@ -137,3 +137,42 @@ def open_frames(path: str | Path, short_side: int | None = None) -> FrameSource:
     if p.is_file():
         return VideoFile(p, short_side)
     raise FrameError(f"input not found: {p} (give a video file or a folder of frames)")
+
+
+class Mp4Writer:
+    """Streaming H.264 mp4 writer (PyAV). The file appears under its name only when closed without error."""
+
+    def __init__(self, path: str | Path, fps: float = 24.0, crf: int = 20):
+        from vos.utils import atomic_path
+
+        self.fps, self.crf = fps, crf
+        self._atomic = atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        import av
+
+        self._container = av.open(str(self._tmp), "w")
+        self._stream = None
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        if self._stream is None:
+            h, w = frame.shape[:2]
+            self._stream = self._container.add_stream("libx264", rate=int(round(self.fps)),
+                                                      options={"crf": str(self.crf)})
+            self._stream.width, self._stream.height, self._stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        f = np.ascontiguousarray(frame[: self._stream.height, : self._stream.width])
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            self._container.mux(packet)
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._stream is not None and exc_type is None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._atomic.__exit__(exc_type, exc, tb)

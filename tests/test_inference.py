@@ -1,0 +1,196 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vos.config import InferConfig, load_config, to_dict
+from vos.data import read_mask, write_mask
+from vos.data.synthetic import make_clip, write_davis, write_mp4
+from vos.inference.predictor import Propagator
+from vos.model import HODOR
+from vos.utils.checkpoint import save_checkpoint
+from infer import main as infer_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.channels=32", "model.mask_channels=8", "model.heads=4", "model.encoder.layers=1",
+        "model.decoder.layers=1", "model.backbone_weights=null"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    cfg = load_config(InferConfig, None, TINY)
+    torch.manual_seed(0)
+    model = HODOR(cfg.model)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, {"model": {k: v.half() if v.is_floating_point() else v
+                                     for k, v in model.state_dict().items()},
+                           "config": {"model": to_dict(cfg.model)}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clip")
+    frames, masks = make_clip(5, n_frames=12, size=(72, 120), n_objects=3, late_objects=1)
+    (d / "frames").mkdir()
+    for t, f in enumerate(frames):
+        Image.fromarray(f).save(d / "frames" / f"{t:05d}.jpg")
+    write_mp4(d / "clip.mp4", frames, fps=12)
+    (d / "masks").mkdir()
+    pal = np.random.default_rng(1).integers(0, 256, (256, 3)).astype(np.uint8)
+    seen = set()
+    relabel = {1: 3, 2: 7, 3: 9}  # arbitrary ids must survive
+    for t, m in enumerate(masks):
+        new = [i for i in np.unique(m) if i and i not in seen]
+        if new:
+            sparse = np.zeros_like(m)
+            for i in new:
+                sparse[m == i] = relabel[int(i)]
+            write_mask(d / "masks" / f"{t:05d}.png", sparse, pal)
+            seen.update(new)
+    return d, frames, masks, pal
+
+
+def run(*args):
+    return infer_main([str(a) for a in args] + ["short_side=0"])
+
+
+def test_end_to_end_with_late_objects(ckpt, clip_dir, tmp_path):
+    d, frames, masks, pal = clip_dir
+    assert run("--input", d / "frames", "--masks", d / "masks", "--out", tmp_path, "--checkpoint", ckpt,
+               "--overlay", "--probs") == 0
+    out = sorted((tmp_path / "frames").glob("*.png"))
+    assert len(out) == len(frames)
+    first_late = min(int(p.stem) for p in (d / "masks").glob("*.png") if int(p.stem) > 0)
+    ids, pal_out = read_mask(out[first_late])
+    assert np.array_equal(pal_out, pal) and 9 in np.unique(ids)  # the late object (id 9) is forced in
+    assert set(np.unique(read_mask(out[0])[0])) <= {0, 3, 7}
+    assert (tmp_path / "frames_overlay.mp4").stat().st_size > 0
+    probs = np.load(tmp_path / "frames_probs" / f"{len(frames) - 1:05d}.npz")
+    assert list(probs["ids"]) == [3, 7, 9] and probs["probs"].shape == (3, 72, 120)
+    assert not list(tmp_path.rglob(".*tmp*"))
+
+
+def test_mp4_and_folder_give_the_same_number_of_outputs(ckpt, clip_dir, tmp_path):
+    d, frames, *_ = clip_dir
+    assert run("--input", d / "clip.mp4", "--mask", d / "masks" / "00000.png", "--out", tmp_path,
+               "--checkpoint", ckpt) == 0
+    assert len(list((tmp_path / "clip").glob("*.png"))) == len(frames)
+
+
+def test_memory_is_bounded_by_the_window(ckpt):
+    from vos.inference.run import load_model
+
+    model = load_model(ckpt, torch.device("cpu"))
+    p = Propagator(model, window=3, anchor_first=True)
+    mask = np.zeros((64, 64), np.float32)
+    mask[20:40, 20:40] = 1
+    stored = []
+    for t in range(12):
+        p.step(np.random.default_rng(t).integers(0, 255, (64, 64, 3), dtype=np.uint8), {1: mask} if t == 0 else None)
+        stored.append(p.stored_frames)
+    assert max(stored) == 4 and stored[-1] == 4  # 3 recent + the anchor, whatever the length
+    p2 = Propagator(model, window=3, anchor_first=False)
+    for t in range(6):
+        p2.step(np.zeros((64, 64, 3), np.uint8), {1: mask} if t == 0 else None)
+    assert p2.stored_frames == 3
+
+
+def test_tiny_object_keeps_being_tracked(ckpt):
+    from vos.inference.run import load_model
+
+    p = Propagator(load_model(ckpt, torch.device("cpu")), window=2)
+    mask = np.zeros((64, 64), np.float32)
+    mask[30:33, 30:33] = 1  # smaller than one stride-8 cell
+    for t in range(4):
+        ids, probs = p.step(np.zeros((64, 64, 3), np.uint8), {5: mask} if t == 0 else None)
+        assert ids == [5] and probs.shape == (2, 64, 64) and torch.isfinite(probs).all()
+
+
+def test_dataset_root_and_baselines(clip_dir, tmp_path):
+    _, frames, masks, _ = clip_dir
+    root = write_davis(tmp_path / "ds", {"a": (frames, masks), "b": (frames[:6], masks[:6])}, split="val")
+    for method in ("copy", "flow"):
+        assert infer_main(["--dataset-root", str(root), "--layout", "davis2017", "--split", "val",
+                           "--out", str(tmp_path / method), "--method", method]) == 0
+        assert len(list((tmp_path / method / "b").glob("*.png"))) == 6
+
+
+def test_torchrun_shards_sequences(clip_dir, tmp_path):
+    _, frames, masks, _ = clip_dir
+    root = write_davis(tmp_path / "ds", {n: (frames[:4], masks[:4]) for n in "abcd"}, split="val")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "infer.py"),
+                        "--dataset-root", str(root), "--layout", "davis2017", "--split", "val", "--out",
+                        str(tmp_path / "o"), "--method", "copy"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == list("abcd")
+    assert r.stdout.count("wrote 8 frames") == 2  # two sequences of 4 frames per rank
+
+
+def test_bad_inputs(ckpt, clip_dir, tmp_path, capsys):
+    d, frames, masks, _ = clip_dir
+    m0 = d / "masks" / "00000.png"
+
+    def fails(*args, match):
+        assert run(*args) == 2
+        err = capsys.readouterr().err
+        assert match in err, err
+
+    fails("--input", tmp_path / "nope.mp4", "--mask", m0, "--out", tmp_path / "o", "--checkpoint", ckpt,
+          match="not found")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    fails("--input", tmp_path / "bad.mp4", "--mask", m0, "--out", tmp_path / "o", "--checkpoint", ckpt,
+          match="video")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(d / "frames", corrupt)
+    (corrupt / "00004.jpg").write_bytes(b"\xff\xd8garbage")
+    fails("--input", corrupt, "--mask", m0, "--out", tmp_path / "o", "--checkpoint", ckpt, match="00004.jpg")
+    assert not (tmp_path / "o" / "corrupt" / "00004.png").exists()
+    big = tmp_path / "big.png"
+    write_mask(big, np.pad(read_mask(m0)[0], 10))
+    fails("--input", d / "frames", "--mask", big, "--out", tmp_path / "o", "--checkpoint", ckpt,
+          match="must match the frame size")
+    empty = tmp_path / "empty.png"
+    write_mask(empty, np.zeros((72, 120), np.uint8))
+    fails("--input", d / "frames", "--mask", empty, "--out", tmp_path / "o", "--checkpoint", ckpt, match="empty")
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (72, 120, 3), dtype=np.uint8)).save(rgb)
+    fails("--input", d / "frames", "--mask", rgb, "--out", tmp_path / "o", "--checkpoint", ckpt, match="indexed")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a regular file instead
+        ro = tmp_path / "a_file"
+        ro.write_text("x")
+    fails("--input", d / "frames", "--mask", m0, "--out", ro / "sub", "--checkpoint", ckpt, match="output directory")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(Path(ckpt).read_bytes()[:2000])
+    fails("--input", d / "frames", "--mask", m0, "--out", tmp_path / "o", "--checkpoint", trunc,
+          match="corrupt or truncated")
+    other = tmp_path / "other.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["model"]["channels"] = 64
+    torch.save(state, other)
+    fails("--input", d / "frames", "--mask", m0, "--out", tmp_path / "o", "--checkpoint", other,
+          match="does not fit")
+    fails("--input", d / "frames", "--mask", m0, "--out", tmp_path / "o", "--checkpoint", ckpt, "windw=3",
+          match="window")
+
+
+def test_real_judo(shared_data, ckpt, tmp_path):
+    ex = shared_data / "cutie-examples"
+    with pytest.warns(UserWarning, match="853x480"):
+        assert infer_main(["--input", str(ex / "images" / "judo"), "--masks", str(ex / "masks" / "judo"), "--out",
+                           str(tmp_path), "--checkpoint", str(ckpt), "short_side=240"]) == 0
+    out = sorted((tmp_path / "judo").glob("*.png"))
+    assert len(out) == 16
+    for frame, obj in ((0, 1), (5, 2), (8, 3), (13, 4)):
+        ids, _ = read_mask(out[frame])
+        assert ids.shape == (480, 854) and obj in np.unique(ids)
