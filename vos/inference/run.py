@@ -40,7 +40,7 @@ def load_model(checkpoint: str | Path, device: torch.device) -> HODOR:
     except RuntimeError as e:
         raise CheckpointError(f"{checkpoint} does not fit the model it describes ({str(e).splitlines()[0]}); "
                               "is it a vos checkpoint of this version?") from None
-    return model.to(device).eval()
+    return model.to(device).eval().fuse_for_inference()
 
 
 def overlay(frame: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -93,14 +93,19 @@ def jobs_for_dataset(root: str, layout: str, split: str) -> list[Job]:
 class Runner:
     """Runs a method (the model or a baseline) over jobs and writes the outputs."""
 
-    def __init__(self, cfg: DictConfig, method: str = "hodor", checkpoint: str | None = None):
+    def __init__(self, cfg: DictConfig, method: str = "hodor", checkpoint: str | None = None,
+                 model: HODOR | None = None):
+        """model: an in-memory model (e.g. during training validation) instead of a checkpoint."""
         self.cfg, self.method = cfg, method
         self.device = pick_device(cfg.device)
         if method == "hodor":
-            ckpt = checkpoint or DEFAULT_CHECKPOINT
-            if not Path(ckpt).is_file():
-                raise VosError(f"checkpoint not found: {ckpt}. Pass --checkpoint, or --method copy|flow")
-            self.model = load_model(ckpt, self.device)
+            if model is not None:
+                self.model = model.eval()
+            else:
+                ckpt = checkpoint or DEFAULT_CHECKPOINT
+                if not Path(ckpt).is_file():
+                    raise VosError(f"checkpoint not found: {ckpt}. Pass --checkpoint, or --method copy|flow")
+                self.model = load_model(ckpt, self.device)
         elif method not in BASELINES:
             raise VosError(f"unknown --method {method}; choose hodor, {', '.join(BASELINES)}")
 

@@ -40,12 +40,14 @@ def attention_bias(mask: torch.Tensor | None, alpha: torch.Tensor, key_padding: 
 class SoftMaskedAttention(nn.Module):
     """Standard Q/K/V/out-projection multi-head attention with an optional soft mask and key padding."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, alphas: list[float] | None = None):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, alphas: list[float] | None = None,
+                 soft: bool = True):
+        """soft=False: plain multi-head attention (no alpha parameter; passing a mask is then an error)."""
         super().__init__()
         assert dim % heads == 0, f"dim {dim} must be divisible by heads {heads}"
         self.heads, self.dropout = heads, dropout
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
-        self.alpha = nn.Parameter(torch.tensor(alphas or default_alphas(heads), dtype=torch.float32))
+        self.alpha = nn.Parameter(torch.tensor(alphas or default_alphas(heads), dtype=torch.float32)) if soft else None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape

@@ -83,7 +83,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, c: int, heads: int, ffn_mult: int, dropout: float):
         super().__init__()
-        self.self_attn = SoftMaskedAttention(c, heads, dropout)
+        self.self_attn = SoftMaskedAttention(c, heads, dropout, soft=False)
         self.cross_attn = SoftMaskedAttention(c, heads, dropout)
         self.ffn = FFN(c, ffn_mult, dropout)
         self.norms = nn.ModuleList([nn.LayerNorm(c) for _ in range(3)])
@@ -103,7 +103,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, c: int, heads: int, ffn_mult: int, dropout: float, pixel_block: str):
         super().__init__()
         self.block = build_pixel_block(pixel_block, c, heads)
-        self.attn = SoftMaskedAttention(c, heads, dropout)
+        self.attn = SoftMaskedAttention(c, heads, dropout, soft=False)
         self.k_bg, self.v_bg = nn.Linear(c, c), nn.Linear(c, c)
         self.ffn = FFN(c, ffn_mult, dropout)
         self.norms = nn.ModuleList([nn.LayerNorm(c) for _ in range(3)])
@@ -153,6 +153,25 @@ class HODOR(nn.Module):
         for mod in self.backbone.modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                 mod.eval()
+        return self
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> "HODOR":
+        """Fold every BatchNorm that directly follows a conv (in module order) into that conv. Inference only:
+        the model can no longer be trained afterwards. Saves ~10% of CPU time."""
+        for parent in self.modules():
+            kids = list(parent.named_children())
+            for (_, conv), (bn_name, bn) in zip(kids, kids[1:]):
+                if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                        and bn.track_running_stats and conv.out_channels == bn.num_features):
+                    continue
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                bias = bn.bias - bn.running_mean * scale
+                conv.bias = nn.Parameter(bias if conv.bias is None else conv.bias * scale + bias)
+                # timm's BatchNormAct2d also applies dropout + activation: keep those.
+                rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+                setattr(parent, bn_name, nn.Sequential(*rest))
         return self
 
     # ------------------------------------------------------------------------------------------ features

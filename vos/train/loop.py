@@ -101,8 +101,12 @@ def _overlay_images(batch: dict, outputs: dict, num_bg: int, n: int = 2):
     return images
 
 
-def train(cfg: DictConfig, resume: str | None = None) -> Path:
-    """Run (or resume) training; returns the path of the final checkpoint."""
+def train(cfg: DictConfig, resume: str | None = None, stop_after: int | None = None) -> Path:
+    """Run (or resume) training; returns the path of the last checkpoint.
+
+    stop_after: checkpoint and stop after this many steps in this invocation (for runs split over sittings);
+    `resume` then continues exactly where it stopped.
+    """
     device = pick_device(cfg.device)
     rank, world = _init_distributed(device)
     out_dir = Path(cfg.out_dir)
@@ -219,7 +223,7 @@ def train(cfg: DictConfig, resume: str | None = None) -> Path:
                 if run is not None:
                     run.log({f"val/{k}": v for k, v in score.items()}, step=step)
                 model.train()
-            stop_now = stop.stop
+            stop_now = stop.stop or (stop_after is not None and step - start_step >= stop_after)
             if world > 1:
                 flag = torch.tensor([float(stop_now)], device=device)
                 dist.all_reduce(flag)
@@ -228,8 +232,11 @@ def train(cfg: DictConfig, resume: str | None = None) -> Path:
                 final = checkpoint(step)
             if stop_now:
                 if rank == 0:
-                    print(f"stopped by signal at step {step}; resume with --resume {final}")
+                    print(f"stopped at step {step}; continue with --resume {final}")
                 break
+        if world > 1:  # report a weight checksum per rank: DDP keeps the replicas identical
+            checksum = sum(float(p.double().sum()) for p in model.parameters())
+            print(f"rank {rank} weights checksum {checksum:.10e}")
     finally:
         stop.restore()
         bar.close()

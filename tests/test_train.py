@@ -1,0 +1,163 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vos.config import TrainConfig, load_config
+from vos.data.clips import ClipDataset, MixtureSampler
+from vos.model import HODOR
+from vos.train.cycles import CycleModel, cycle_paths, name_of
+from vos.train.loop import train
+from vos.utils import VosError
+from vos.utils.checkpoint import CheckpointError, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.channels=32", "model.mask_channels=8", "model.heads=4", "model.encoder.layers=1",
+        "model.decoder.layers=1", "model.backbone_weights=null", "data.size=[64,64]", "data.sources=[{kind: synthetic, "
+        "regime: static, length: 8}]", "log.wandb=disabled", "optim.warmup=2", "ckpt_every=1000"]
+
+
+def cfg_for(tmp_path, *extra):
+    return load_config(TrainConfig, ROOT / "configs/train/smoke.yaml", TINY + [f"out_dir={tmp_path}", *extra])
+
+
+def test_cycles_are_computed_once_per_path():
+    names = [name_of(p) for p in cycle_paths(1, True)]
+    assert names == ["0>0", "0>1>0", "0>1", "0>1>2", "0>1>2>1", "0>1>2>1>0"]
+    assert "[0,0>1]>2" in [name_of(p) for p in cycle_paths(3, True)]
+    assert len(cycle_paths(1, False)) == 3
+
+
+def test_mixture_weights_must_sum_to_one(tmp_path):
+    cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, weight: 0.5}, {kind: synthetic, weight: 0.4}]")
+    with pytest.raises(VosError, match="sum to 1"):
+        ClipDataset(cfg.data.sources, cfg.data.size, 2)
+
+
+def _batch(cfg, step=0):
+    ds = ClipDataset(cfg.data.sources, cfg.data.size, cfg.data.max_objects)
+    items = [ds[k] for k in next(iter(MixtureSampler(ds, 2, 0, 0, step, step + 1)))]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def test_a_few_iterations_lower_the_loss(tmp_path):
+    cfg = cfg_for(tmp_path)
+    torch.manual_seed(0)
+    model = HODOR(cfg.model)
+    cyc = CycleModel(model, detach_masks=False, long_cycles=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    batch = _batch(cfg)
+    losses = []
+    for i in range(15):
+        loss, parts, _ = cyc(batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_masks_controls_gradient_to_frame1_mask(tmp_path, detach):
+    cfg = cfg_for(tmp_path)
+    torch.manual_seed(0)
+    model = HODOR(cfg.model)
+    batch = _batch(cfg)
+    batch["has_mask"][:, 1:] = False  # sparse: only frame 0 is supervised
+    seen = []
+    encode = model.encode
+
+    def spy(feats, masks, valid=None, stride=1):
+        if stride == 4 and masks.requires_grad:
+            masks.retain_grad()
+        seen.append((stride, masks))
+        return encode(feats, masks, valid, stride)
+
+    model.encode = spy
+    loss, parts, _ = CycleModel(model, detach, long_cycles=False)(batch, 0)
+    assert set(parts) == {"0>0", "0>1>0"}
+    loss.backward()
+    frame1 = [m for s, m in seen if s == 4]
+    assert frame1
+    if detach:
+        assert not frame1[0].requires_grad
+    else:
+        assert frame1[0].grad is not None and frame1[0].grad.abs().sum() > 0
+
+
+def test_resume_gives_the_same_weights(tmp_path):
+    full = train(cfg_for(tmp_path / "a", "optim.steps=4"))
+    half = train(cfg_for(tmp_path / "b", "optim.steps=4"), stop_after=2)
+    assert load_checkpoint(half)["step"] == 2
+    resumed = train(cfg_for(tmp_path / "b", "optim.steps=4"), resume=str(half))
+    a, b = load_checkpoint(full)["model"], load_checkpoint(resumed)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(Path(half).read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        train(cfg_for(tmp_path / "c", "optim.steps=4"), resume=str(bad))
+
+
+def test_nonfinite_losses_stop_the_run(tmp_path, monkeypatch):
+    cfg = cfg_for(tmp_path, "optim.steps=10", "optim.max_nonfinite=3")
+    monkeypatch.setattr(CycleModel, "forward", lambda self, b, i: (torch.tensor(float("nan"), requires_grad=True), {}, {}))
+    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(VosError, match="3 non-finite"):
+        train(cfg)
+
+
+def _smoke_cmd(out, *extra):
+    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/train/smoke.yaml"), *TINY,
+            f"out_dir={out}", *extra]
+
+
+def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(_smoke_cmd(tmp_path, "optim.steps=100000"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env=env, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "config.yaml").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(4)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out[-2000:]
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] >= 1 and "optimizer" in state and state["config"]["out_dir"] == str(tmp_path)
+
+
+def test_ddp_two_processes_hold_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] + _smoke_cmd(tmp_path, "optim.steps=3")[1:]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sums = sorted(line.split()[-1] for line in r.stdout.splitlines() if "weights checksum" in line)
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+
+
+def test_wandb_offline_logs_keys_and_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = cfg_for(tmp_path, "optim.steps=4", "log.wandb=offline", "log.every=2", "log.image_every=2")
+    train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    data = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
+    for key in (b"loss/0>0", b"grad_norm", b"lr", b"clips_per_s"):
+        assert key in data
+    assert list(runs[0].rglob("media/images/*.png"))
+
+
+def test_validation_through_the_evaluation_module(tmp_path):
+    from vos.data.synthetic import make_clip, write_davis
+    from vos.train.validate import validate
+
+    root = write_davis(tmp_path / "val", {"v": make_clip(0, n_frames=5, size=(64, 96), n_objects=1, late_objects=0)},
+                       split="dev")
+    cfg = cfg_for(tmp_path, f"log.val_root={root}", "log.val_layout=davis2017")
+    table = validate(HODOR(cfg.model), cfg, torch.device("cpu"))
+    assert 0 <= table["J&F-Mean"] <= 1

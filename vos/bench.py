@@ -1,0 +1,122 @@
+"""Benchmarks (scripts, not tests): they print figures.
+
+  python -m vos.bench infer --video V.mp4 [--checkpoint C] [--short-side 288] [--loops 1] [key=value ...]
+      end-to-end frames/s (decode -> PNGs written), time per stage, peak RSS. --loops N plays the video N times
+      (back and forth) to make a long one, for the memory-growth check.
+  python -m vos.bench train --config configs/train/smoke.yaml [--steps 20] [key=value ...]
+      training iterations/s and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+
+
+def bench_infer(a) -> None:
+    from vos.config import InferConfig, load_config
+    from vos.data import VideoFile, write_mask
+    from vos.inference.predictor import Propagator, probs_to_ids
+    from vos.inference.run import DEFAULT_CHECKPOINT, load_model
+    from vos.model import HODOR
+
+    cfg = load_config(InferConfig, a.config, a.overrides + [f"short_side={a.short_side}"])
+    device = torch.device("cpu") if cfg.device == "auto" and not torch.cuda.is_available() else \
+        torch.device("cuda" if cfg.device == "auto" else cfg.device)
+    ckpt = a.checkpoint or DEFAULT_CHECKPOINT
+    model = load_model(ckpt, device) if Path(ckpt).is_file() else HODOR(cfg.model).to(device).eval().fuse_for_inference()
+    video = VideoFile(a.video, short_side=cfg.short_side or None)
+    H, W = video.native_size
+    prop = Propagator(model, cfg.window, cfg.anchor_first, cfg.amp)
+    mask = np.zeros(video.size, np.float32)
+    h, w = video.size
+    mask[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = 1
+    n = len(video)
+    order = [i for k in range(a.loops) for i in (range(n) if k % 2 == 0 else range(n - 1, -1, -1))]
+    stages = defaultdict(float)
+    rss_at = {}
+    with tempfile.TemporaryDirectory() as out:
+        t_start = time.perf_counter()
+        for j, i in enumerate(order):
+            t0 = time.perf_counter()
+            frame = video[i]
+            t1 = time.perf_counter()
+            ids, probs = prop.step(frame, {1: mask} if j == 0 else None, out_size=(H, W))
+            t2 = time.perf_counter()
+            write_mask(Path(out) / f"{j:06d}.png", probs_to_ids(ids, probs))
+            t3 = time.perf_counter()
+            if j >= 3:  # skip warm-up
+                stages["decode video"] += t1 - t0
+                stages["model (features, decode, re-encode, upsample)"] += t2 - t1
+                stages["write PNG"] += t3 - t2
+            if j + 1 in (200, 2000) or j + 1 == len(order):
+                rss_at[j + 1] = _rss_mb()
+        total = time.perf_counter() - t_start
+    timed = max(1, len(order) - 3)
+    print(f"video {a.video} ({W}x{H}), internal {w}x{h}, {len(order)} frames, {torch.get_num_threads()} threads, "
+          f"device {device}")
+    print(f"end to end: {len(order) / total:.2f} frames/s")
+    for k, v in stages.items():
+        print(f"  {k:<48} {1000 * v / timed:7.1f} ms/frame")
+    print(f"stored descriptor frames: {prop.stored_frames}; RSS by frame: "
+          + ", ".join(f"{k}: {v:.0f} MB" for k, v in rss_at.items()) + f"; peak RSS {peak_rss_mb():.0f} MB")
+
+
+def bench_train(a) -> None:
+    from vos.config import TrainConfig, load_config
+    from vos.train.loop import train
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(TrainConfig, a.config, a.overrides + [f"optim.steps={a.steps}", f"out_dir={out}",
+                                                                 "log.wandb=disabled", f"ckpt_every={a.steps}"])
+        t0 = time.perf_counter()
+        train(cfg)
+        dt = time.perf_counter() - t0
+    print(f"{a.config}: {a.steps} steps in {dt:.1f} s = {a.steps / dt:.3f} it/s "
+          f"(batch {cfg.optim.batch_size}, crop {list(cfg.data.size)}, includes start-up); peak RSS {peak_rss_mb():.0f} MB")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m vos.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    pi = sub.add_parser("infer")
+    pi.add_argument("--video", required=True)
+    pi.add_argument("--checkpoint")
+    pi.add_argument("--config")
+    pi.add_argument("--short-side", type=int, default=None)
+    pi.add_argument("--loops", type=int, default=1)
+    pi.add_argument("overrides", nargs="*")
+    pt = sub.add_parser("train")
+    pt.add_argument("--config", required=True)
+    pt.add_argument("--steps", type=int, default=20)
+    pt.add_argument("overrides", nargs="*")
+    a = ap.parse_args(argv)
+    if a.cmd == "infer":
+        if a.short_side is None:
+            from vos.config import InferConfig
+
+            a.short_side = InferConfig.short_side
+        bench_infer(a)
+    else:
+        bench_train(a)
+
+
+if __name__ == "__main__":
+    main()
