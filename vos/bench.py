@@ -3,6 +3,8 @@
   python -m vos.bench infer --video V.mp4 [--checkpoint C] [--short-side 288] [--loops 1] [key=value ...]
       end-to-end frames/s (decode -> PNGs written), time per stage, peak RSS. --loops N plays the video N times
       (back and forth) to make a long one, for the memory-growth check.
+  python -m vos.bench attention [blocks...]
+      time and peak memory of each pixel-attention block (forward + backward) at 60x107, 120x214, 135x240.
   python -m vos.bench train --config configs/train/smoke.yaml [--steps 20] [key=value ...]
       training iterations/s and peak RSS.
 """
@@ -92,6 +94,52 @@ def bench_train(a) -> None:
           f"(batch {cfg.optim.batch_size}, crop {list(cfg.data.size)}, includes start-up); peak RSS {peak_rss_mb():.0f} MB")
 
 
+def _attention_case(name: str, h: int, w: int, channels: int, heads: int, repeats: int) -> None:
+    """Run in a fresh process: prints 'ms peak_MB' for forward+backward of one block."""
+    from vos.model.pixel_blocks import build_pixel_block
+
+    torch.manual_seed(0)
+    block = build_pixel_block(name, channels, heads)
+    x = torch.randn(1, channels, h, w, requires_grad=True)
+    base = _rss_mb()
+    block(x).square().mean().backward()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        block(x).square().mean().backward()
+    ms = 1000 * (time.perf_counter() - t0) / repeats
+    print(f"{ms:.1f} {peak_rss_mb() - base:.0f}")
+
+
+def bench_attention(a) -> None:
+    import subprocess
+    import sys
+
+    from vos.model.pixel_attention import ATTENTION_BLOCKS
+
+    sizes = [(60, 107), (120, 214), (135, 240)]
+    avail_gb = int(open("/proc/meminfo").read().split("MemAvailable:")[1].split()[0]) / 2 ** 20
+    print(f"pixel blocks, forward + backward, batch 1, C={a.channels}, {a.heads} heads, {torch.get_num_threads()} "
+          f"threads; peak = RSS growth of a fresh process")
+    print(f"{'block':<18}" + "".join(f"{f'{h}x{w}':>24}" for h, w in sizes))
+    for name in a.blocks or sorted(ATTENTION_BLOCKS):
+        row = f"{name:<18}"
+        for h, w in sizes:
+            if name == "dense":
+                need_gb = 3 * a.heads * (h * w) ** 2 * 4 / 2 ** 30  # logits, softmax, and their gradient
+                if need_gb > 0.6 * avail_gb:
+                    row += f"{f'OOM (needs ~{need_gb:.0f} GB)':>24}"
+                    continue
+            r = subprocess.run([sys.executable, "-c", f"from vos.bench import _attention_case; "
+                                f"_attention_case('{name}', {h}, {w}, {a.channels}, {a.heads}, {a.repeats})"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                row += f"{'failed (OOM?)':>24}"
+                continue
+            ms, mb = r.stdout.split()[-2:]
+            row += f"{f'{float(ms):.0f} ms / {mb} MB':>24}"
+        print(row, flush=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m vos.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,8 +155,15 @@ def main(argv=None) -> None:
     pt.add_argument("--config", required=True)
     pt.add_argument("--steps", type=int, default=20)
     pt.add_argument("overrides", nargs="*")
+    pa = sub.add_parser("attention")
+    pa.add_argument("--channels", type=int, default=128)
+    pa.add_argument("--heads", type=int, default=8)
+    pa.add_argument("--repeats", type=int, default=2)
+    pa.add_argument("blocks", nargs="*")
     a = ap.parse_args(argv)
-    if a.cmd == "infer":
+    if a.cmd == "attention":
+        bench_attention(a)
+    elif a.cmd == "infer":
         if a.short_side is None:
             from vos.config import InferConfig
 

@@ -57,7 +57,10 @@ class NoBlock(nn.Module):
         return torch.zeros_like(x)
 
 
-PIXEL_BLOCKS: dict[str, type[nn.Module]] = {"deform": DeformBlock, "conv": ConvBlock, "none": NoBlock}
+from vos.model.pixel_attention import ATTENTION_BLOCKS  # noqa: E402
+
+PIXEL_BLOCKS: dict[str, type[nn.Module]] = {"deform": DeformBlock, "conv": ConvBlock, "none": NoBlock,
+                                            **ATTENTION_BLOCKS}
 
 
 def build_pixel_block(name: str, dim: int, heads: int) -> nn.Module:
