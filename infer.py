@@ -9,60 +9,9 @@ Outputs: <out>/<sequence>/<frame>.png palette masks (ids and palette of the inpu
 --method copy|flow runs a baseline through the same pipeline.
 """
 
-import argparse
 import sys
-from pathlib import Path
 
-from vos.config import InferConfig, load_config
-from vos.utils import VosError
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_argument_group("input")
-    src.add_argument("--input", help="a video file or a folder of frames")
-    src.add_argument("--mask", help="mask PNG of the annotated frame (frame 0 unless --mask-frame)")
-    src.add_argument("--mask-frame", help="frame name the --mask belongs to (e.g. 00010)")
-    src.add_argument("--masks", help="folder of sparse mask PNGs named like their frames")
-    src.add_argument("--dataset-root", help="a DAVIS-2016/2017 or YouTube-VOS root: run every sequence of --split")
-    src.add_argument("--layout", choices=["davis2016", "davis2017", "youtubevos"], default="davis2017")
-    src.add_argument("--split", default="val")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--method", default="hodor", help="hodor (the model), copy or flow")
-    ap.add_argument("--checkpoint", help="model checkpoint (default: the bundled checkpoints/default.pt)")
-    ap.add_argument("--config", help="an inference YAML (see configs/infer/)")
-    ap.add_argument("--overlay", action="store_true", help="also write <out>/<seq>_overlay.mp4")
-    ap.add_argument("--probs", action="store_true", help="also write soft probabilities (<out>/<seq>_probs/*.npz)")
-    ap.add_argument("--youtubevos-zip", help="with a YouTube-VOS dataset: also write the server submission zip")
-    ap.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. window=5 short_side=480)")
-    a = ap.parse_args(argv)
-    try:
-        from vos.inference.run import Runner, jobs_for_dataset, jobs_for_input, shard
-
-        cfg = load_config(InferConfig, a.config, a.overrides)
-        if bool(a.input) == bool(a.dataset_root):
-            raise VosError("give exactly one of --input (a video or frame folder) or --dataset-root")
-        jobs = (jobs_for_dataset(a.dataset_root, a.layout, a.split) if a.dataset_root
-                else jobs_for_input(a.input, a.mask, a.mask_frame, a.masks))
-        runner = Runner(cfg, a.method, a.checkpoint)
-        out = Path(a.out)
-        total_frames = total_s = 0.0
-        for job in shard(jobs):
-            r = runner.run(job, out, a.overlay, a.probs)
-            total_frames, total_s = total_frames + r["frames"], total_s + r["seconds"]
-        if a.youtubevos_zip:
-            from vos.data import list_sequences
-            from vos.eval.youtubevos import export_youtubevos
-
-            listed = {s.name: s.eval_frames or s.frame_names for s in list_sequences(a.dataset_root, "youtubevos",
-                                                                                      a.split)}
-            export_youtubevos(out, listed, a.youtubevos_zip)
-    except VosError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {int(total_frames)} frames to {out} ({total_frames / max(total_s, 1e-9):.1f} frames/s)")
-    return 0
-
+from vos.inference.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

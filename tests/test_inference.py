@@ -15,7 +15,7 @@ from vos.data.synthetic import make_clip, write_davis, write_mp4
 from vos.inference.predictor import Propagator
 from vos.model import HODOR
 from vos.utils.checkpoint import save_checkpoint
-from infer import main as infer_main
+from vos.inference.cli import main as infer_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.channels=32", "model.mask_channels=8", "model.heads=4", "model.encoder.layers=1",

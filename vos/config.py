@@ -66,7 +66,7 @@ class InferConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     window: int = 7  # W: past frames whose descriptors the decoder attends to
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
-    short_side: int = 384  # internal resolution (shorter image side); 0 = native resolution
+    short_side: int = 288  # internal resolution (shorter image side); 0 = native resolution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
 
