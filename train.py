@@ -1,7 +1,4 @@
-"""Train a model: python train.py --config configs/train/smoke.yaml [--resume CKPT] [key=value ...]
-
-Multi-GPU / multi-node: torchrun --nproc_per_node N train.py --config ...
-"""
+"""Train a model: `python train.py --help` (vos/train/cli.py)."""
 
 import sys
 
