@@ -36,6 +36,7 @@ def report(name: str, size=(480, 854), window: int = 7) -> dict:
 
 if __name__ == "__main__":
     for n in sys.argv[1:] or ["lite0", "hodor_swin_t"]:
-        r = report(n)
-        print(f"{r['config']:>14}: {r['params_M']:.2f} M parameters, {r['gflops_per_frame']:.1f} GFLOPs per "
-              f"{r['size'][0]}x{r['size'][1]} frame (features + decode with W=7 + re-encode, one object)")
+        for size in ((480, 854), (288, 512)):  # 480p native, and the default internal resolution
+            r = report(n, size)
+            print(f"{r['config']:>14}: {r['params_M']:.2f} M parameters, {r['gflops_per_frame']:.1f} GFLOPs per "
+                  f"{r['size'][0]}x{r['size'][1]} frame (features + decode with W=7 + re-encode, one object)")
