@@ -161,3 +161,53 @@ def test_validation_through_the_evaluation_module(tmp_path):
     cfg = cfg_for(tmp_path, f"log.val_root={root}", "log.val_layout=davis2017")
     table = validate(HODOR(cfg.model), cfg, torch.device("cpu"))
     assert 0 <= table["J&F-Mean"] <= 1
+
+
+def test_static_sources_coco_and_folder(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from vos.data import write_mask
+    from vos.data.synthetic import make_clip
+
+    frames, masks = make_clip(4, n_frames=1, size=(80, 100), n_objects=2, late_objects=0, leave_and_return=False)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(frames[0]).save(tmp_path / "images" / "a.jpg")
+    write_mask(tmp_path / "masks" / "a.png", masks[0])
+    anns = []
+    for k in (1, 2):
+        ys, xs = np.nonzero(masks[0] == k)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        anns.append({"id": k, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": float(len(xs)),
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 80, "width": 100}], "annotations": anns,
+            "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    for src in (f"{{kind: coco, root: {tmp_path / 'images'}, coco_annotations: {tmp_path / 'coco.json'}}}",
+                f"{{kind: static_folder, root: {tmp_path}}}"):
+        cfg = cfg_for(tmp_path, f"data.sources=[{src}]")
+        ds = ClipDataset(cfg.data.sources, cfg.data.size, 2)
+        sample = ds[(0, 0, 123)]
+        assert sample["images"].shape == (3, 3, 64, 64) and sample["valid"].sum() >= 1
+        assert sample["has_mask"].all() and sample["masks"][:, 0].sum() > 0
+
+
+def test_sparse_regime_reads_only_the_annotated_mask(tmp_path):
+    import json
+
+    from vos.data.synthetic import make_clip, write_davis
+
+    root = write_davis(tmp_path / "d", {"v": make_clip(0, n_frames=8, size=(64, 96), n_objects=1, late_objects=0)},
+                       split="train", layout="davis2016")
+    listed = tmp_path / "ann.json"
+    listed.write_text(json.dumps({"v": "00003"}))
+    cfg = cfg_for(tmp_path, f"data.sources=[{{kind: davis2016, root: {root}, regime: sparse, annotated: {listed}}}]")
+    ds = ClipDataset(cfg.data.sources, cfg.data.size, 1)
+    assert ds.units[0][0].annotated == 3
+    with pytest.raises(VosError, match="non-annotated"):
+        ds.units[0][0].load_mask(4)
+    s = ds[(0, 0, 5)]
+    assert s["has_mask"].tolist() == [True, False, False] and s["masks"][1:].sum() == 0

@@ -145,14 +145,22 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
 
 
 # ------------------------------------------------------------------------------------------------ sources
-def _pick_annotated(n: int, annotated_frames: list[int], how: str, rng_seed: int) -> int:
+def _pick_annotated(name: str, frame_names: list[str], annotated_frames: list[int], how: str, rng_seed: int) -> int:
+    if how.endswith(".json"):
+        listed = json.loads(Path(how).read_text())
+        if name not in listed:
+            raise VosError(f"{how} lists no annotated frame for video '{name}'")
+        frame = frame_names.index(str(listed[name])) if str(listed[name]) in frame_names else -1
+        if frame not in annotated_frames:
+            raise VosError(f"{how}: frame {listed[name]} of '{name}' has no annotation")
+        return frame
     if how == "first":
         return annotated_frames[0]
     if how == "middle":
         return annotated_frames[len(annotated_frames) // 2]
     if how == "random":
         return annotated_frames[np.random.default_rng(rng_seed).integers(len(annotated_frames))]
-    raise VosError(f"annotated must be first, middle or random, not '{how}'")
+    raise VosError(f"annotated must be first, middle, random or a .json file, not '{how}'")
 
 
 def _imread(path) -> np.ndarray:
@@ -182,7 +190,7 @@ def units_from_source(src) -> list[Annotated]:
             ann = sorted(s.annotations)
             if not ann:
                 continue
-            a = _pick_annotated(len(frames), ann, src.annotated, hash(s.name) % 2 ** 31)
+            a = _pick_annotated(s.name, s.frame_names, ann, src.annotated, sum(map(ord, s.name)))
             dense = src.regime == "dense"
             if dense and len(ann) < len(frames):
                 raise VosError(f"{s.name}: dense training needs every frame annotated ({len(ann)}/{len(frames)})")
