@@ -1,0 +1,7 @@
+"""Inference: the streaming Propagator, the VideoSession API and infer.py's runner. Uses vos.model and vos.data."""
+
+from vos.inference.predictor import Propagator, probs_to_ids
+from vos.inference.run import DEFAULT_CHECKPOINT, Runner, load_model
+from vos.inference.session import VideoSession
+
+__all__ = ["Propagator", "probs_to_ids", "DEFAULT_CHECKPOINT", "Runner", "load_model", "VideoSession"]
