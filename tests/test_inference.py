@@ -194,3 +194,18 @@ def test_real_judo(shared_data, ckpt, tmp_path):
     for frame, obj in ((0, 1), (5, 2), (8, 3), (13, 4)):
         ids, _ = read_mask(out[frame])
         assert ids.shape == (480, 854) and obj in np.unique(ids)
+
+
+def test_youtubevos_dataset_and_submission_zip(clip_dir, tmp_path):
+    import zipfile
+
+    from vos.data.synthetic import write_youtubevos
+
+    _, frames, masks, _ = clip_dir
+    root = write_youtubevos(tmp_path / "yt", {"v": (frames, masks)}, stride=2)
+    assert infer_main(["--dataset-root", str(root), "--layout", "youtubevos", "--split", "valid", "--out",
+                       str(tmp_path / "o"), "--method", "copy", "--youtubevos-zip", str(tmp_path / "sub.zip")]) == 0
+    names = zipfile.ZipFile(tmp_path / "sub.zip").namelist()
+    assert names == [f"Annotations/v/{t:05d}.png" for t in range(0, 12, 2)]
+    late = read_mask(tmp_path / "o" / "v" / f"{max(int(n[-9:-4]) for n in names):05d}.png")[0]
+    assert set(np.unique(late)) == {0, 1, 2, 3}  # the late object was picked up from its sparse annotation
