@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from vos.baselines import BASELINES
-from vos.config import ModelConfig, config_from_dict, to_dict
+from vos.config import ModelConfig, config_from_dict
 from vos.data import DAVIS_PALETTE, list_sequences, open_frames, read_mask, write_mask
 from vos.data.video import Mp4Writer
 from vos.inference.predictor import Propagator, pick_device, probs_to_ids
