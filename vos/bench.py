@@ -34,13 +34,12 @@ def _rss_mb() -> float:
 def bench_infer(a) -> None:
     from vos.config import InferConfig, load_config
     from vos.data import VideoFile, write_mask
-    from vos.inference.predictor import Propagator, probs_to_ids
+    from vos.inference.predictor import Propagator, pick_device, probs_to_ids
     from vos.inference.run import DEFAULT_CHECKPOINT, load_model
     from vos.model import HODOR
 
     cfg = load_config(InferConfig, a.config, a.overrides + [f"short_side={a.short_side}"])
-    device = torch.device("cpu") if cfg.device == "auto" and not torch.cuda.is_available() else \
-        torch.device("cuda" if cfg.device == "auto" else cfg.device)
+    device = pick_device(cfg.device)
     ckpt = a.checkpoint or DEFAULT_CHECKPOINT
     model = load_model(ckpt, device) if Path(ckpt).is_file() else HODOR(cfg.model).to(device).eval().fuse_for_inference()
     video = VideoFile(a.video, short_side=cfg.short_side or None)
