@@ -211,3 +211,39 @@ def test_sparse_regime_reads_only_the_annotated_mask(tmp_path):
         ds.units[0][0].load_mask(4)
     s = ds[(0, 0, 5)]
     assert s["has_mask"].tolist() == [True, False, False] and s["masks"][1:].sum() == 0
+
+
+def test_init_from_swaps_the_pixel_block_and_keeps_the_rest(tmp_path):
+    base = load_checkpoint(train(cfg_for(tmp_path / "a", "optim.steps=1")))["model"]
+    swapped = train(cfg_for(tmp_path / "b", "optim.steps=1", "optim.lr=0.0", f"init_from={tmp_path / 'a/checkpoint.pt'}",
+                            "model.decoder.pixel_block=efficient"))
+    new = load_checkpoint(swapped)["model"]
+    shared = [k for k in base if k in new and ".block." not in k]
+    assert shared and all(torch.equal(base[k], new[k]) for k in shared)
+    assert any(".block.q." in k for k in new) and not any(".block.dw." in k for k in new)
+    with pytest.raises(VosError, match="does not match"):
+        train(cfg_for(tmp_path / "c", "optim.steps=1", f"init_from={tmp_path / 'a/checkpoint.pt'}", "model.channels=16"))
+
+
+def test_composite_regime_pastes_the_object_onto_another_video(tmp_path):
+    import numpy as np
+
+    from vos.data.clips import Annotated, make_sample
+
+    red, blue = np.zeros((96, 128, 3), np.uint8), np.zeros((96, 128, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 200, 200
+    mask = np.zeros((96, 128), np.uint8)
+    mask[30:60, 40:80] = 1
+    fg = Annotated(1, lambda t: red, lambda t: mask, 0, False)
+    bg = Annotated(5, lambda t: blue, lambda t: pytest.fail("background masks are never read"), 0, False)
+    s = make_sample(fg, "composite", (64, 64), 1, 12, seed=3, background=bg)
+    img, m = (s["images"] * 255).round(), s["masks"][:, 0] > 0
+    assert s["has_mask"].all() and all(m[t].sum() > 50 for t in range(3))
+    inside, outside = img[0][:, m[0]], img[0][:, ~m[0]]
+    assert (inside[0] > 100).float().mean() > 0.95 and (outside[2] > 100).float().mean() > 0.95
+    assert not torch.equal(m[1], m[0])  # the object moved against the background
+    with pytest.raises(VosError, match="unknown regime"):
+        cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, regime: stattic, length: 2}]")
+        ClipDataset(cfg.data.sources, cfg.data.size, 1)
+    cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, regime: composite, length: 2}]")
+    assert ClipDataset(cfg.data.sources, cfg.data.size, 1)[(0, 0, 7)]["valid"].all()

@@ -79,7 +79,7 @@ class DataSource:
     root: str = ""
     split: str = "train"
     weight: float = 1.0  # sampling weight in a mixture; weights of all sources must sum to 1
-    regime: str = "static"  # static (pseudo-clips from annotated frames) | sparse | dense
+    regime: str = "static"  # static | composite (pseudo-clips from annotated frames) | sparse | dense
     # which frame is the one annotated frame: first | middle | random | a JSON file {video: frame name}
     annotated: str = "first"
     max_gap: int = 12  # sparse/dense video: other clip frames within this many frames of the annotated one

@@ -3,6 +3,8 @@
 Regimes:
 - static: an annotated image + 2 augmented copies (crop, affine, perspective, colour jitter, flip); every
   frame has a mask.
+- composite: like static, but the annotated objects are pasted onto a frame of another video of the same
+  source and move independently of that background.
 - sparse: a video with ONE annotated frame; the other two frames come from a window on one side of it
   (the weakly-supervised regime: only frame 0 has a mask).
 - dense: like sparse, but every frame's mask is known (the fully supervised reference).
@@ -31,6 +33,9 @@ from vos.data.synthetic import make_clip
 from vos.utils import VosError, natural_key
 
 MIN_AREA = 64  # objects smaller than this (pixels, in the crop) on frame 0 are not used
+
+
+REGIMES = ("static", "composite", "sparse", "dense")
 
 
 @dataclass
@@ -95,12 +100,34 @@ def _apply(img, mask, box, out_hw, Hm=None, flip=False):
     return out_img, out_mask
 
 
+def _composite(fg: np.ndarray, fg_mask: np.ndarray, objs: list[int], bg: np.ndarray) -> np.ndarray:
+    """Paste the pixels of objects `objs` of fg onto bg, with a 1-px feathered edge."""
+    alpha = cv2.GaussianBlur(np.isin(fg_mask, objs).astype(np.float32), (3, 3), 0)[..., None]
+    return (alpha * fg + (1 - alpha) * bg).astype(np.uint8)
+
+
 def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects: int, max_gap: int,
-                seed: int) -> dict[str, torch.Tensor]:
+                seed: int, background: Annotated | None = None) -> dict[str, torch.Tensor]:
+    """One 3-frame training clip from the unit's annotated frame.
+
+    static: the annotated frame under three random warps and colour jitters. composite: the annotated
+    objects cut out and pasted onto a frame of another video (`background`), object and background warped
+    independently, so the object moves against its surroundings and the scene has new distractors.
+    sparse/dense: the annotated frame and two real frames within max_gap of it (masks only where allowed).
+    """
     rng = np.random.default_rng(seed)
     a = unit.annotated
+    bg = None
+    if regime == "composite":
+        if background is None:
+            raise VosError("the composite regime needs a background unit (a source with at least 2 videos)")
+        bg_full = background.load_frame(int(rng.integers(background.n_frames)))
+        bg_box = _crop_box(np.zeros(bg_full.shape[:2], bool), size, rng)
+        bg_flip = bool(rng.random() < 0.5)
+        bg = [_apply(bg_full, None, bg_box, size, _rand_homography(rng, *size, 0.3 * (k > 0)), bg_flip)[0]
+              for k in range(3)]
     for _attempt in range(10):
-        if regime == "static":
+        if regime in ("static", "composite"):
             frames_idx = [a, a, a]
         else:
             side = int(rng.choice([-1, 1]))
@@ -118,9 +145,9 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
         for k, t in enumerate(frames_idx):
             img = img0 if t == a else unit.load_frame(t)
             mask = mask0 if t == a else (unit.load_mask(t) if unit.dense else None)
-            Hm = _rand_homography(rng, *size, strength=1.0 if (regime == "static" and k > 0) else 0.3)
+            Hm = _rand_homography(rng, *size, strength=1.0 if (regime != "sparse" and k > 0) else 0.3)
             i, m = _apply(img, mask, box, size, Hm, flip)
-            imgs.append(_colour_jitter(i, rng) if regime == "static" and k > 0 else i)
+            imgs.append(_colour_jitter(i, rng) if regime != "sparse" and k > 0 else i)
             masks.append(m)
         ids, counts = np.unique(masks[0], return_counts=True)
         objs = [int(i) for i, c in zip(ids, counts) if i not in (0, 255) and c >= MIN_AREA]
@@ -128,6 +155,9 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
             break
     else:
         objs = []
+    if bg is not None:
+        imgs = [_composite(i, m, objs, b) for i, m, b in zip(imgs, masks, bg)]
+        masks = [np.where(np.isin(m, objs), m, 0).astype(np.uint8) for m in masks]
     rng.shuffle(objs)
     objs = objs[:max_objects]
     K = max_objects
@@ -233,6 +263,9 @@ class ClipDataset(torch.utils.data.Dataset):
         if abs(total - 1) > 1e-6:
             raise VosError(f"data.sources weights must sum to 1, they sum to {total:g}: "
                            + ", ".join(f"{s.kind}={s.weight:g}" for s in sources))
+        for s in sources:
+            if s.regime not in REGIMES:
+                raise VosError(f"data source {s.kind}: unknown regime '{s.regime}'; choose one of {', '.join(REGIMES)}")
         self.sources = list(sources)
         self.units = [units_from_source(s) for s in self.sources]
         for s, u in zip(self.sources, self.units):
@@ -245,8 +278,11 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         src, idx, seed = key
-        s = self.sources[src]
-        return make_sample(self.units[src][idx], s.regime, self.size, self.max_objects, s.max_gap, seed)
+        s, units = self.sources[src], self.units[src]
+        background = None
+        if s.regime == "composite" and len(units) > 1:
+            background = units[(idx + 1 + seed % (len(units) - 1)) % len(units)]  # any other video
+        return make_sample(units[idx], s.regime, self.size, self.max_objects, s.max_gap, seed, background)
 
 
 class MixtureSampler(torch.utils.data.Sampler):
