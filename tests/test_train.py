@@ -247,3 +247,22 @@ def test_composite_regime_pastes_the_object_onto_another_video(tmp_path):
         ClipDataset(cfg.data.sources, cfg.data.size, 1)
     cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, regime: composite, length: 2}]")
     assert ClipDataset(cfg.data.sources, cfg.data.size, 1)[(0, 0, 7)]["valid"].all()
+
+
+def test_export_averages_checkpoints_into_a_loadable_fp16_model(tmp_path):
+    from vos.inference.run import load_model
+    from vos.train.export import export
+
+    a = train(cfg_for(tmp_path / "a", "optim.steps=1"))
+    b = train(cfg_for(tmp_path / "b", "optim.steps=1", "seed=1"))
+    export([str(a), str(b)], str(tmp_path / "soup.pt"))
+    soup, wa, wb = (load_checkpoint(p)["model"] for p in (tmp_path / "soup.pt", a, b))
+    floats = [k for k in soup if soup[k].is_floating_point()]
+    assert floats and all(soup[k].dtype == torch.float16 for k in floats)
+    assert any(not torch.equal(wa[k], wb[k]) for k in floats)
+    assert all(torch.allclose(soup[k].float(), (wa[k] + wb[k]) / 2, atol=1e-3, rtol=1e-3) for k in floats)
+    load_model(tmp_path / "soup.pt", torch.device("cpu"))
+    c = train(cfg_for(tmp_path / "c", "optim.steps=1", "model.channels=16"))
+    with pytest.raises(VosError, match="architectures differ"):
+        export([str(a), str(c)], str(tmp_path / "bad.pt"))
+    assert not (tmp_path / "bad.pt").exists()
