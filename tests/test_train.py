@@ -266,3 +266,22 @@ def test_export_averages_checkpoints_into_a_loadable_fp16_model(tmp_path):
     with pytest.raises(VosError, match="architectures differ"):
         export([str(a), str(c)], str(tmp_path / "bad.pt"))
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_a_frozen_backbone_is_left_out_and_restored_from_its_package(tmp_path):
+    from vos.inference.run import load_model
+    from vos.utils.checkpoint import CheckpointError
+
+    ckpt = train(cfg_for(tmp_path / "a", "optim.steps=1", "model.freeze_backbone=true",
+                         "model.backbone_weights=package"))
+    saved = load_checkpoint(ckpt)["model"]
+    assert not any(k.startswith("backbone.") and k.endswith(".weight") for k in saved)
+    model = load_model(ckpt, torch.device("cpu"))
+    cfg = cfg_for(tmp_path / "a", "model.backbone_weights=package").model
+    reference = HODOR(cfg)
+    reference.load_state_dict(saved, strict=False)
+    reference = reference.eval().fuse_for_inference().state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+    no_source = train(cfg_for(tmp_path / "b", "optim.steps=1", "model.freeze_backbone=true"))
+    with pytest.raises(CheckpointError, match="no backbone weights"):
+        load_model(no_source, torch.device("cpu"))

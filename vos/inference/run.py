@@ -32,14 +32,22 @@ def load_model(checkpoint: str | Path, device: torch.device) -> HODOR:
         mcfg = config_from_dict(ModelConfig, state["config"]["model"])
     except (KeyError, VosError) as e:
         raise CheckpointError(f"{checkpoint}: no usable model config inside ({e})") from None
-    mcfg.backbone_weights = None  # the checkpoint holds all weights
+    # A frozen backbone is left out of training checkpoints: then it comes from its weights package again.
+    has_backbone = any(k.startswith("backbone.") and k.endswith(".weight") for k in state["model"])
+    if has_backbone or not mcfg.freeze_backbone:
+        mcfg.backbone_weights = None  # the checkpoint holds all weights
+    elif mcfg.backbone_weights is None:
+        raise CheckpointError(f"{checkpoint} has no backbone weights and names no source for them")
     model = HODOR(mcfg)
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
     try:
-        model.load_state_dict(weights, strict=True)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:
-        raise CheckpointError(f"{checkpoint} does not fit the model it describes ({str(e).splitlines()[0]}); "
-                              "is it a vos checkpoint of this version?") from None
+        missing, unexpected = [str(e).splitlines()[0]], []
+    missing = [k for k in missing if has_backbone or not k.startswith("backbone.")]
+    if missing or unexpected:
+        raise CheckpointError(f"{checkpoint} does not fit the model it describes (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); is it a vos checkpoint of this version?")
     return model.to(device).eval().fuse_for_inference()
 
 
