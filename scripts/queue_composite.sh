@@ -4,7 +4,7 @@
 set -u
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-A=(optim.steps=300 optim.warmup=50 ckpt_every=100 log.wandb=disabled)
+A=(optim.steps=300 optim.warmup=50 ckpt_every=100 log.wandb=disabled "data.size=[224,224]")
 D="{kind: davis2016, root: ../shared/data/davis2016, split: train, annotated: first"
 $PY train.py --config configs/train/cycle_davis.yaml "${A[@]}" out_dir=runs/abl_composite \
   "data.sources=[$D, regime: sparse, weight: 0.5}, $D, regime: static, weight: 0.15}, $D, regime: composite, weight: 0.2}, {kind: synthetic, regime: static, length: 200, weight: 0.15}]" \

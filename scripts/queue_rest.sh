@@ -5,7 +5,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 C=runs/cycle_davis/checkpoint.pt
-A=(optim.steps=300 optim.warmup=50 ckpt_every=100 log.wandb=disabled)
+A=(optim.steps=300 optim.warmup=50 ckpt_every=100 log.wandb=disabled "data.size=[224,224]")
 while pgrep -f "out_dir=runs/abl_static" >/dev/null; do sleep 10; done
 scripts/eval_dev.sh runs/abl_static/checkpoint.pt outputs/dev_abl_static > results/dev_abl_static.txt 2>&1
 $PY train.py --config configs/train/cycle_davis.yaml "${A[@]}" out_dir=runs/abl_cycle > runs/abl_cycle.log 2>&1

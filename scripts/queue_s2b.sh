@@ -4,7 +4,7 @@
 set -u
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-A=(optim.steps=300 optim.warmup=50 ckpt_every=100 log.wandb=disabled)
+A=(optim.steps=300 optim.warmup=50 ckpt_every=100 log.wandb=disabled "data.size=[224,224]")
 while [ ! -e results/blocks/queue_done ]; do sleep 10; done
 for c in runs/block_*/checkpoint.pt; do  # issue #8: 480p inference speed with each pixel block
   b=$(basename "$(dirname "$c")"); b=${b#block_}
