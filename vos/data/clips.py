@@ -100,9 +100,9 @@ def _apply(img, mask, box, out_hw, Hm=None, flip=False):
     return out_img, out_mask
 
 
-def _composite(fg: np.ndarray, fg_mask: np.ndarray, objs: list[int], bg: np.ndarray) -> np.ndarray:
-    """Paste the pixels of objects `objs` of fg onto bg, with a 1-px feathered edge."""
-    alpha = cv2.GaussianBlur(np.isin(fg_mask, objs).astype(np.float32), (3, 3), 0)[..., None]
+def _composite(fg: np.ndarray, keep: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Paste the pixels of fg where `keep` onto bg, with a 1-px feathered edge."""
+    alpha = cv2.GaussianBlur(keep.astype(np.float32), (3, 3), 0)[..., None]
     return (alpha * fg + (1 - alpha) * bg).astype(np.uint8)
 
 
@@ -156,8 +156,9 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
     else:
         objs = []
     if bg is not None:
-        imgs = [_composite(i, m, objs, b) for i, m, b in zip(imgs, masks, bg)]
-        masks = [np.where(np.isin(m, objs), m, 0).astype(np.uint8) for m in masks]
+        keep = [np.isin(m, objs) for m in masks]
+        imgs = [_composite(i, k, b) for i, k, b in zip(imgs, keep, bg)]
+        masks = [np.where(k, m, 0).astype(np.uint8) for m, k in zip(masks, keep)]
     rng.shuffle(objs)
     objs = objs[:max_objects]
     K = max_objects

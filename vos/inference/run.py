@@ -20,7 +20,7 @@ from vos.inference.predictor import Propagator, pick_device, probs_to_ids
 from vos.inference.session import BaselineStepper, VideoSession
 from vos.model import HODOR
 from vos.utils import VosError, atomic_path, natural_key
-from vos.utils.checkpoint import CheckpointError, load_checkpoint
+from vos.utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default.pt"
 
@@ -39,15 +39,8 @@ def load_model(checkpoint: str | Path, device: torch.device) -> HODOR:
     elif mcfg.backbone_weights is None:
         raise CheckpointError(f"{checkpoint} has no backbone weights and names no source for them")
     model = HODOR(mcfg)
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as e:
-        missing, unexpected = [str(e).splitlines()[0]], []
-    missing = [k for k in missing if has_backbone or not k.startswith("backbone.")]
-    if missing or unexpected:
-        raise CheckpointError(f"{checkpoint} does not fit the model it describes (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}); is it a vos checkpoint of this version?")
+    load_weights(model, state["model"], f"{checkpoint} does not fit the model it describes; is it a vos checkpoint "
+                 "of this version?", may_miss=r"$^" if has_backbone else r"backbone\.")
     return model.to(device).eval().fuse_for_inference()
 
 

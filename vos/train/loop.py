@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import signal
 import time
 import warnings
@@ -25,7 +24,7 @@ from vos.data.clips import ClipDataset, MixtureSampler
 from vos.model import HODOR
 from vos.train.cycles import CycleModel
 from vos.utils import VosError
-from vos.utils.checkpoint import load_checkpoint, save_checkpoint
+from vos.utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 
 def pick_device(name: str) -> torch.device:
@@ -122,18 +121,11 @@ def train(cfg: DictConfig, resume: str | None = None, stop_after: int | None = N
     model = HODOR(cfg.model).to(device)
     if cfg.init_from and state is None:
         init = load_checkpoint(cfg.init_from)
-        try:
-            missing, unexpected = model.load_state_dict(init["model"], strict=False)
-        except RuntimeError as e:  # shape mismatches
-            raise VosError(f"init_from {cfg.init_from}: model does not match this config ({e})") from None
         # The frozen backbone may be omitted from a checkpoint; a different decoder.pixel_block starts fresh.
         swapped = init["config"].get("model", {}).get("decoder", {}).get("pixel_block") != cfg.model.decoder.pixel_block
-        fresh = re.compile(r"decoder\.\d+\.block\." if swapped else r"$^")
-        missing = [k for k in missing if not (k.startswith("backbone.") or fresh.match(k))]
-        unexpected = [k for k in unexpected if not fresh.match(k)]
-        if missing or unexpected:
-            raise VosError(f"init_from {cfg.init_from}: model does not match (missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]})")
+        block = r"decoder\.\d+\.block\." if swapped else r"$^"
+        load_weights(model, init["model"], f"init_from {cfg.init_from}: model does not match this config",
+                     may_miss=rf"backbone\.|{block}", may_add=block)
     cycle = CycleModel(model, cfg.cycles.detach_masks, cfg.cycles.long_cycles).to(device)
     if world > 1:
         cycle = torch.nn.parallel.DistributedDataParallel(cycle, device_ids=[device.index] if device.type == "cuda"

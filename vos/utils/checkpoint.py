@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -32,3 +33,16 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a vos checkpoint (it needs 'model' and 'config' entries)")
     return state
+
+
+def load_weights(model: torch.nn.Module, weights: dict, what: str, may_miss: str = r"$^", may_add: str = r"$^") -> None:
+    """`model.load_state_dict` that lets only keys matching the regexes `may_miss` (absent from `weights`) and
+    `may_add` (not in the model) differ; any other mismatch raises CheckpointError("{what} (...)")."""
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{what} ({' '.join(str(e).split()[:40])})") from None
+    missing = [k for k in missing if not re.match(may_miss, k)]
+    unexpected = [k for k in unexpected if not re.match(may_add, k)]
+    if missing or unexpected:
+        raise CheckpointError(f"{what} (missing {missing[:3]}, unexpected {unexpected[:3]})")
