@@ -14,7 +14,7 @@ from vos.data import read_mask, write_mask
 from vos.data.synthetic import make_clip, write_davis, write_mp4
 from vos.inference.predictor import Propagator
 from vos.model import HODOR
-from vos.utils.checkpoint import save_checkpoint
+from vos.checkpoint import save_checkpoint
 from vos.inference.cli import main as infer_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_mp4_and_folder_give_the_same_number_of_outputs(ckpt, clip_dir, tmp_path
 
 
 def test_memory_is_bounded_by_the_window(ckpt):
-    from vos.inference.run import load_model
+    from vos.checkpoint import load_model
 
     model = load_model(ckpt, torch.device("cpu"))
     p = Propagator(model, window=3, anchor_first=True)
@@ -103,7 +103,7 @@ def test_memory_is_bounded_by_the_window(ckpt):
 
 
 def test_tiny_object_keeps_being_tracked(ckpt):
-    from vos.inference.run import load_model
+    from vos.checkpoint import load_model
 
     p = Propagator(load_model(ckpt, torch.device("cpu")), window=2)
     mask = np.zeros((64, 64), np.float32)

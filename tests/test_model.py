@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from vos.config import InferConfig, load_config
 from vos.model import HODOR, SoftMaskedAttention, default_alphas, lite0_classifier, logits_to_probs, merged_logits
-from vos.model.attention import attention_bias
+from vos.model.attention import attention_bias, split_heads
 from vos.model.backbone import BackboneError
 
 
@@ -64,7 +64,7 @@ def test_large_alpha_is_hard_masked_attention():
     a_plain = SoftMaskedAttention(16, 4)
     a_plain.load_state_dict({**a.state_dict(), "alpha": torch.zeros(4)})
     with torch.no_grad():
-        qs, ks, vs = a._split(a.q(q)), a._split(a.k(k)), a._split(a.v(k))
+        qs, ks, vs = split_heads(a.q(q), a.heads), split_heads(a.k(k), a.heads), split_heads(a.v(k), a.heads)
         ref = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=hard.bool()[:, None])
         ref = a.out(ref.transpose(1, 2).reshape(2, 5, 16))
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
@@ -83,7 +83,7 @@ def test_gradients_wrt_mask_and_alpha_match_finite_differences():
     alpha = a.alpha.detach().clone().requires_grad_(True)
 
     def f(al):
-        qs, ks, vs = a._split(a.q(q)), a._split(a.k(k)), a._split(a.v(k))
+        qs, ks, vs = split_heads(a.q(q), a.heads), split_heads(a.k(k), a.heads), split_heads(a.v(k), a.heads)
         logits = qs @ ks.transpose(-1, -2) / np.sqrt(4) + attention_bias(m.detach(), al, None, torch.float64)
         return a.out((logits.softmax(-1) @ vs).transpose(1, 2).reshape(1, 2, 8))
 
@@ -96,17 +96,17 @@ def test_shapes_through_the_model(model, objects, T, size):
     with torch.no_grad():
         f = model.features(x)
         masks = (torch.rand(1, objects, *size) > 0.7).float()
-        d = model.encode(f, masks)
+        d = model.encode(f, model.masks_to_s4(masks, f))
         assert d.shape == (1, model.num_bg + objects, 32)
         desc = d[:, None].expand(1, T, -1, -1)
         lg = model.decode(f, desc, torch.ones(desc.shape[:3], dtype=torch.bool))
         assert lg.shape[1] == 1 + model.num_bg + objects and lg.dtype == torch.float32
-        full = model.upsample(lg, size)
+        full = model.upsample(lg, f)
         assert full.shape[-2:] == size
         p = logits_to_probs(lg, model.num_bg)
         torch.testing.assert_close(p.sum(1), torch.ones_like(p[:, 0]))
         assert merged_logits(lg, model.num_bg).shape[1] == 1 + objects
-        again = model.encode(f, p[:, 1:], stride=4)
+        again = model.encode(f, p[:, 1:])
         assert again.shape == d.shape and torch.isfinite(again).all()
 
 
@@ -116,7 +116,7 @@ def test_empty_and_tiny_masks(model):
     masks[0, 1, 10, 10] = 1  # one pixel: vanishes at stride 8
     with torch.no_grad():
         f = model.features(x)
-        d = model.encode(f, masks)
+        d = model.encode(f, model.masks_to_s4(masks, f))
     assert torch.isfinite(d).all() and d[0, model.num_bg:].abs().sum(-1).min() > 0
 
 
@@ -126,11 +126,11 @@ def test_object_permutation_equivariance_and_padding(model):
     masks = (torch.rand(2, 3, 64, 80) > 0.6).float()
     with torch.no_grad():
         f = model.features(x)
-        d = model.encode(f, masks)
+        d = model.encode(f, model.masks_to_s4(masks, f))
         valid = torch.ones(2, 1, d.shape[1], dtype=torch.bool)
         lg = model.decode(f, d[:, None], valid)
         perm = torch.tensor([2, 0, 1])
-        dp = model.encode(f, masks[:, perm])
+        dp = model.encode(f, model.masks_to_s4(masks[:, perm], f))
         lgp = model.decode(f, dp[:, None], valid)
         nb = 1 + model.num_bg
         torch.testing.assert_close(lgp[:, nb:], lg[:, nb:][:, perm], atol=1e-4, rtol=1e-4)
@@ -138,7 +138,7 @@ def test_object_permutation_equivariance_and_padding(model):
         # a padded 4th object (with garbage mask) changes nothing for the real ones
         padded = torch.cat([masks, torch.rand(2, 1, 64, 80)], 1)
         ov = torch.tensor([[True, True, True, False]] * 2)
-        dpad = model.encode(f, padded, ov)
+        dpad = model.encode(f, model.masks_to_s4(padded, f), ov)
         vpad = torch.cat([torch.ones(2, 1, model.num_bg, dtype=torch.bool), ov[:, None]], 2)
         lgpad = model.decode(f, dpad[:, None], vpad)
         torch.testing.assert_close(lgpad[:, :-1], lg, atol=1e-4, rtol=1e-4)
@@ -153,9 +153,9 @@ def test_bf16_autocast_forward_backward_on_two_frames():
         f = m.features(x)
         f0 = type(f)(f.f4[:1], f.f8[:1], f.size)
         f1 = type(f)(f.f4[1:], f.f8[1:], f.size)
-        d = m.encode(f0, masks)
+        d = m.encode(f0, m.masks_to_s4(masks, f0))
         lg = m.decode(f1, d[:, None], torch.ones(1, 1, d.shape[1], dtype=torch.bool))
-        loss = F.cross_entropy(m.upsample(merged_logits(lg, m.num_bg), (64, 64)).float(), masks.argmax(1))
+        loss = F.cross_entropy(m.upsample(merged_logits(lg, m.num_bg), f1).float(), masks.argmax(1))
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in m.parameters() if p.requires_grad]

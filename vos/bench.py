@@ -34,9 +34,11 @@ def _rss_mb() -> float:
 def bench_infer(a) -> None:
     from vos.config import InferConfig, load_config
     from vos.data import VideoFile, write_mask
-    from vos.inference.predictor import Propagator, pick_device, probs_to_ids
-    from vos.inference.run import DEFAULT_CHECKPOINT, load_model
+    from vos.checkpoint import load_model
+    from vos.inference.predictor import Propagator, probs_to_ids
+    from vos.inference.run import DEFAULT_CHECKPOINT
     from vos.model import HODOR
+    from vos.utils.device import pick_device
 
     cfg = load_config(InferConfig, a.config, a.overrides + [f"short_side={a.short_side}"])
     device = pick_device(cfg.device)

@@ -74,21 +74,29 @@ class InferConfig:
 # -------------------------------------------------------------------------------------------- training
 @dataclass
 class DataSource:
-    # synthetic | static_folder | coco | davis2016 | davis2017 | youtubevos
+    # synthetic | static_folder | coco | davis2016 | davis2017 | youtubevos (vos.data.sources.SOURCES)
     kind: str = "synthetic"
-    root: str = ""
+    root: str = ""  # relative to data.root unless absolute
     split: str = "train"
     weight: float = 1.0  # sampling weight in a mixture; weights of all sources must sum to 1
     regime: str = "static"  # static | composite (pseudo-clips from annotated frames) | sparse | dense
     # which frame is the one annotated frame: first | middle | random | a JSON file {video: frame name}
     annotated: str = "first"
     max_gap: int = 12  # sparse/dense video: other clip frames within this many frames of the annotated one
+    # Augmentation table row (vos.data.augment.AUGMENT); "" = the regime's own row. Setting it lets two regimes
+    # be compared at equal augmentation, or changes one regime's strength.
+    augment: str = ""
     coco_annotations: str = ""  # coco: path to instances_*.json
     length: int = 64  # synthetic: number of generated clips
 
 
+# Where datasets live: the VOS_DATA environment variable, else ../shared/data (the development machines' copy).
+DATA_ROOT = "${oc.env:VOS_DATA,../shared/data}"
+
+
 @dataclass
 class DataConfig:
+    root: str = DATA_ROOT  # relative source roots are resolved against this
     sources: list[DataSource] = field(default_factory=lambda: [DataSource()])
     size: list[int] = field(default_factory=lambda: [192, 192])  # training crop (H, W)
     max_objects: int = 3
@@ -123,11 +131,20 @@ class LogConfig:
     project: str = "vos"
     every: int = 10
     image_every: int = 200
-    val_every: int = 0  # 0 = no periodic validation
-    val_root: str = ""
-    val_split: str = "dev"
-    val_layout: str = "davis2016"
-    val_max_seqs: int = 0  # 0 = all
+
+
+@dataclass
+class ValConfig:
+    """Periodic validation J&F during training, with its own inference settings."""
+
+    every: int = 0  # 0 = no periodic validation
+    root: str = "davis2016"  # relative to data.root unless absolute
+    layout: str = "davis2016"
+    split: str = "dev"
+    max_seqs: int = 0  # 0 = all
+    window: int = 7
+    anchor_first: bool = True
+    short_side: int = 288
 
 
 @dataclass
@@ -137,6 +154,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     cycles: CycleConfig = field(default_factory=CycleConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    val: ValConfig = field(default_factory=ValConfig)
     init_from: str = ""  # checkpoint whose model weights initialise this run (e.g. static -> cycle)
     out_dir: str = "runs/default"
     ckpt_every: int = 200
@@ -242,6 +260,11 @@ def config_from_dict(schema: type, data: dict) -> DictConfig:
     cfg = OmegaConf.merge(OmegaConf.structured(schema), _resolve(data, schema))
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def data_path(data_root: str, path: str) -> str:
+    """A dataset path from a config: absolute as given, else under data.root."""
+    return path if not path or Path(path).is_absolute() else str(Path(data_root) / path)
 
 
 def to_dict(cfg: DictConfig) -> dict:

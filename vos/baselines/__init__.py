@@ -55,3 +55,41 @@ class FlowBaseline:
 
 
 BASELINES = {"copy": CopyBaseline, "flow": FlowBaseline}
+
+
+class BaselineStepper:
+    """Adapts a numpy baseline (copy, flow) to the Propagator.step interface, at the frame's resolution."""
+
+    def __init__(self, baseline):
+        self.b = baseline
+        self.object_ids: list[int] = []
+        self.removed: set[int] = set()
+
+    def remove_object(self, obj: int) -> None:
+        self.object_ids.remove(obj)
+        self.removed.add(obj)
+
+    def step(self, frame: np.ndarray, new_masks: dict[int, np.ndarray] | None = None,
+             out_size: tuple[int, int] | None = None):
+        import torch
+
+        new = None
+        if new_masks:
+            new = np.zeros(frame.shape[:2], np.uint8)
+            for o, m in new_masks.items():
+                if m.shape != frame.shape[:2]:
+                    m = cv2.resize(m, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+                new[m > 0.5] = o
+                if o not in self.object_ids:
+                    self.object_ids.append(o)
+                self.removed.discard(o)
+        ids = self.b.step(frame, new)
+        if self.removed:
+            ids = np.where(np.isin(ids, list(self.removed)), 0, ids).astype(np.uint8)
+        if out_size and ids.shape != tuple(out_size):
+            ids = cv2.resize(ids, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST)
+        probs = torch.zeros(1 + len(self.object_ids), *ids.shape)
+        probs[0] = torch.from_numpy(ids == 0)
+        for k, o in enumerate(self.object_ids):
+            probs[k + 1] = torch.from_numpy(ids == o)
+        return list(self.object_ids), probs

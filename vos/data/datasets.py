@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vos.data.images import list_images
 from vos.data.masks import read_mask
 from vos.data.video import FrameFolder
 from vos.utils import VosError, natural_key
@@ -60,8 +61,7 @@ def _split_names(path: Path) -> list[str]:
 def _frames_and_masks(frame_dir: Path, mask_dir: Path) -> tuple[list[str], dict[int, Path]]:
     if not frame_dir.is_dir():
         raise VosError(f"frame folder not found: {frame_dir}")
-    frames = sorted((p.stem for p in frame_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
-                    key=natural_key)
+    frames = [p.stem for p in list_images(frame_dir)]
     index = {n: i for i, n in enumerate(frames)}
     masks = {index[p.stem]: p for p in mask_dir.glob("*.png") if p.stem in index} if mask_dir.is_dir() else {}
     return frames, dict(sorted(masks.items()))

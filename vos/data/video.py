@@ -12,9 +12,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from vos.utils import VosError, natural_key
+from vos.data.images import IMAGE_EXTS, list_images, read_image
+from vos.utils import VosError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
@@ -99,10 +99,9 @@ class FrameFolder(FrameSource):
         self.path = Path(path)
         if not self.path.is_dir():
             raise FrameError(f"frame folder not found: {self.path}")
-        self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTS),
-                            key=lambda p: natural_key(p.name))
+        self.files = list_images(self.path)
         if not self.files:
-            raise FrameError(f"no .jpg/.jpeg/.png frames in {self.path}")
+            raise FrameError(f"no {'/'.join(IMAGE_EXTS)} frames in {self.path}")
         self.names = [p.stem for p in self.files]
         self.short_side = short_side
         self.fps = fps
@@ -114,19 +113,18 @@ class FrameFolder(FrameSource):
     def __getitem__(self, i: int) -> np.ndarray:
         p = self.files[i]
         try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if im.size != (self.native_size[1], self.native_size[0]) and not self.short_side:
-                    raise FrameError(f"{p}: frame is {im.size[0]}x{im.size[1]} but the first frame is "
-                                     f"{self.native_size[1]}x{self.native_size[0]}; frames of one video must share a "
-                                     "size (or ask for resizing)")
-                if im.size != (self.size[1], self.size[0]):
-                    im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
-                return np.asarray(im)
+            if not self.short_side:  # frames of one video must share a size
+                with Image.open(p) as im:
+                    size = im.size
+                if size != (self.native_size[1], self.native_size[0]):
+                    raise FrameError(f"{p}: frame is {size[0]}x{size[1]} but the first frame is "
+                                     f"{self.native_size[1]}x{self.native_size[0]}; frames of one video must share "
+                                     "a size (or ask for resizing)")
+            return read_image(p, self.size)
         except FrameError:
             raise
-        except (OSError, SyntaxError) as e:
-            raise FrameError(f"cannot read frame {p}: {e} (corrupt or truncated image?)") from None
+        except (VosError, OSError, SyntaxError) as e:
+            raise FrameError(f"cannot read frame {p}: {e}") from None
 
 
 def open_frames(path: str | Path, short_side: int | None = None) -> FrameSource:

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. window=5 short_side=480)")
     a = ap.parse_args(argv)
     try:
-        from vos.inference.run import Runner, jobs_for_dataset, jobs_for_input, shard
+        from vos.inference.run import Runner, jobs_for_dataset, jobs_for_input, shard, wait_for_all_ranks
 
         cfg = load_config(InferConfig, a.config, a.overrides)
         if bool(a.input) == bool(a.dataset_root):
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         for job in shard(jobs):
             r = runner.run(job, out, a.overlay, a.probs)
             total_frames, total_s = total_frames + r["frames"], total_s + r["seconds"]
-        if a.youtubevos_zip:
+        if a.youtubevos_zip and wait_for_all_ranks() == 0:  # one zip, once every rank has written its sequences
             from vos.data import list_sequences
             from vos.eval.youtubevos import export_youtubevos
 

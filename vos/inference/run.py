@@ -2,54 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from vos.baselines import BASELINES
-from vos.config import ModelConfig, config_from_dict
-from vos.data import DAVIS_PALETTE, list_sequences, open_frames, read_mask, write_mask
-from vos.data.video import Mp4Writer
-from vos.inference.predictor import Propagator, pick_device, probs_to_ids
-from vos.inference.session import BaselineStepper, VideoSession
+from vos.baselines import BASELINES, BaselineStepper
+from vos.checkpoint import load_model
+from vos.data import DAVIS_PALETTE, list_sequences, open_frames, read_mask
+from vos.inference.predictor import Propagator, probs_to_ids
+from vos.inference.session import VideoSession
+from vos.inference.writers import OverlayWriter, PngWriter, ProbsWriter
 from vos.model import HODOR
-from vos.utils import VosError, atomic_path, natural_key
-from vos.utils.checkpoint import CheckpointError, load_checkpoint, load_weights
+from vos.utils import VosError, natural_key
+from vos.utils.device import pick_device
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default.pt"
-
-
-def load_model(checkpoint: str | Path, device: torch.device) -> HODOR:
-    """A HODOR model from a checkpoint that carries its own model config (weights_only loading)."""
-    state = load_checkpoint(checkpoint)
-    try:
-        mcfg = config_from_dict(ModelConfig, state["config"]["model"])
-    except (KeyError, VosError) as e:
-        raise CheckpointError(f"{checkpoint}: no usable model config inside ({e})") from None
-    # A frozen backbone is left out of training checkpoints: then it comes from its weights package again.
-    has_backbone = any(k.startswith("backbone.") and k.endswith(".weight") for k in state["model"])
-    if has_backbone or not mcfg.freeze_backbone:
-        mcfg.backbone_weights = None  # the checkpoint holds all weights
-    elif mcfg.backbone_weights is None:
-        raise CheckpointError(f"{checkpoint} has no backbone weights and names no source for them")
-    model = HODOR(mcfg)
-    load_weights(model, state["model"], f"{checkpoint} does not fit the model it describes; is it a vos checkpoint "
-                 "of this version?", may_miss=r"$^" if has_backbone else r"backbone\.")
-    return model.to(device).eval().fuse_for_inference()
-
-
-def overlay(frame: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    colour = palette[ids]
-    out = frame.astype(np.float32)
-    fg = ids > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * colour[fg]
-    return out.astype(np.uint8)
 
 
 @dataclass
@@ -58,7 +31,7 @@ class Job:
 
     name: str
     frames_path: Path
-    prompts: dict[str, Path]  # frame name -> mask PNG
+    prompts: dict[str, Path]  # frame name -> mask PNG ("" = the first frame)
     binary_255: bool = False  # DAVIS-2016 masks
 
 
@@ -91,6 +64,16 @@ def jobs_for_dataset(root: str, layout: str, split: str) -> list[Job]:
     return jobs
 
 
+def _writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise VosError(f"cannot write to output directory {folder}: {e.strerror}") from None
+
+
 class Runner:
     """Runs a method (the model or a baseline) over jobs and writes the outputs."""
 
@@ -115,55 +98,44 @@ class Runner:
             return Propagator(self.model, self.cfg.window, self.cfg.anchor_first, self.cfg.amp)
         return BaselineStepper(BASELINES[self.method]())
 
-    def run(self, job: Job, out_dir: Path, overlay_mp4: bool = False, save_probs: bool = False,
-            progress: bool = True) -> dict:
+    def session(self, job: Job) -> tuple[VideoSession, "numpy.ndarray"]:  # noqa: F821
+        """A session with the job's prompts added, and the palette of its first mask."""
         short = self.cfg.short_side if self.method == "hodor" else None
         frames = open_frames(job.frames_path, short_side=short or None)
-        native = frames.native_size
-        session = VideoSession(self.stepper, frames, native)
+        session = VideoSession(self.stepper, frames, frames.native_size)
         palette = None
         for name, path in job.prompts.items():
             idx = 0 if name == "" else (frames.names.index(name) if name in frames.names else None)
             if idx is None:
                 raise VosError(f"mask {path} is named '{name}', which is not a frame of {job.frames_path}")
-            ids, pal = read_mask(path, size=native, binary_255_is_object=job.binary_255, min_area=4)
+            ids, pal = read_mask(path, size=frames.native_size, binary_255_is_object=job.binary_255, min_area=4)
             palette = palette if palette is not None else pal
             session.add_mask(idx, ids)
-        palette = DAVIS_PALETTE if palette is None else palette
+        return session, DAVIS_PALETTE if palette is None else palette
+
+    def run(self, job: Job, out_dir: Path, overlay_mp4: bool = False, save_probs: bool = False,
+            progress: bool = True) -> dict:
+        session, palette = self.session(job)
+        frames = session.frames
         seq_dir = out_dir / job.name
-        try:
-            seq_dir.mkdir(parents=True, exist_ok=True)
-            probe = seq_dir / f".write_test{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError as e:
-            raise VosError(f"cannot write to output directory {seq_dir}: {e.strerror}") from None
-        writer = Mp4Writer(out_dir / f"{job.name}_overlay.mp4", frames.fps) if overlay_mp4 else None
-        raw = open_frames(job.frames_path) if overlay_mp4 and short else frames
+        _writable(seq_dir)
         t0, n = time.time(), 0
-        bar = tqdm(total=len(frames) - min(session.prompts), desc=job.name, disable=not progress, unit="frame")
-        try:
+        with contextlib.ExitStack() as stack:
+            writers = [PngWriter(seq_dir, frames.names, palette)]
+            if save_probs:
+                writers.append(ProbsWriter(out_dir / f"{job.name}_probs", frames.names))
+            if overlay_mp4:
+                native = open_frames(job.frames_path) if frames.size != frames.native_size else frames
+                writers.append(stack.enter_context(OverlayWriter(out_dir / f"{job.name}_overlay.mp4", native, palette)))
+            bar = stack.enter_context(tqdm(total=len(frames) - min(session.prompts), desc=job.name,
+                                           disable=not progress, unit="frame"))
             for t, obj_ids, probs in session.propagate():
                 ids = probs_to_ids(obj_ids, probs)
-                write_mask(seq_dir / f"{frames.names[t]}.png", ids, palette)
-                if save_probs:
-                    (out_dir / f"{job.name}_probs").mkdir(exist_ok=True)
-                    with atomic_path(out_dir / f"{job.name}_probs" / f"{frames.names[t]}.npz") as tmp:
-                        np.savez_compressed(tmp, ids=np.array(obj_ids),
-                                            probs=(probs[1:].clamp(0, 1) * 255).round().byte().cpu().numpy())
-                if writer is not None:
-                    writer.write(overlay(raw[t], ids, palette))
+                for w in writers:
+                    w.write(t, ids, obj_ids, probs)
                 n += 1
                 bar.update(1)
                 bar.set_postfix(fps=f"{n / (time.time() - t0):.1f}")
-        except BaseException as e:
-            if writer is not None:
-                writer.__exit__(type(e), e, None)
-            raise
-        finally:
-            bar.close()
-        if writer is not None:
-            writer.__exit__(None, None, None)
         return {"frames": n, "seconds": time.time() - t0}
 
 
@@ -173,3 +145,15 @@ def shard(jobs: list[Job]) -> list[Job]:
     return jobs[rank::world]
 
 
+def wait_for_all_ranks() -> int:
+    """Under torchrun: a barrier over every rank (gloo); returns this process's rank (0 without torchrun)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return rank

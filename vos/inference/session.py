@@ -1,7 +1,8 @@
 """A video session in the spirit of SAM 2's video predictor:
 
-    session = VideoSession(propagator_factory, frames)     # frames: a FrameSource (video file or folder)
+    session = VideoSession(make_stepper, frames)            # frames: a FrameSource (video file or folder)
     session.add_mask(frame_index, ids)                      # ids: (H, W) uint8 object-id map at native size
+    session.remove_object(obj_id, frame_index=None)         # forget an object (everywhere, or from a frame on)
     for t, object_ids, probs in session.propagate():        # a generator, one frame at a time
         ...
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 import torch
 
@@ -23,8 +23,9 @@ from vos.utils import VosError
 class VideoSession:
     """Fields:
       frames: the frame source, decoded at the model's internal resolution.
-      out_size: (H, W) of the input video; outputs come back at this size.
-      prompts: frame index -> {object id: (H, W) float mask at the internal resolution}.
+      out_size: (H, W) of the input video; masks are given and outputs come back at this size.
+      prompts: frame index -> {object id: (H, W) float32 0/1 mask at out_size}. The model resamples them once.
+      removals: frame index -> object ids that stop being tracked at that frame.
       make_stepper: builds a fresh per-frame stepper (a model Propagator or a baseline) for each propagation.
     """
 
@@ -32,59 +33,49 @@ class VideoSession:
         self.make_stepper, self.frames = make_stepper, frames
         self.out_size = tuple(out_size or getattr(frames, "native_size", frames.size))
         self.prompts: dict[int, dict[int, np.ndarray]] = {}
+        self.removals: dict[int, set[int]] = {}
+
+    def _check_frame(self, frame_index: int) -> None:
+        if not 0 <= frame_index < len(self.frames):
+            raise VosError(f"frame index {frame_index} outside the video (0..{len(self.frames) - 1})")
 
     def add_mask(self, frame_index: int, ids: np.ndarray, void: int | None = 255) -> list[int]:
         """Add every object of an id map (native resolution) at `frame_index`; returns the ids added."""
-        if not 0 <= frame_index < len(self.frames):
-            raise VosError(f"frame index {frame_index} outside the video (0..{len(self.frames) - 1})")
+        self._check_frame(frame_index)
         if ids.shape != self.out_size:
             raise VosError(f"mask at frame {frame_index} is {ids.shape[1]}x{ids.shape[0]} but the video is "
                            f"{self.out_size[1]}x{self.out_size[0]}")
         objs = ids_in(ids, void)
         if not objs:
             raise VosError(f"the mask for frame {self.frames.names[frame_index]} is empty: it has no object pixels")
-        h, w = self.frames.size
         for o in objs:
-            m = (ids == o).astype(np.float32)
-            if (h, w) != self.out_size:
-                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA)
-            self.prompts.setdefault(frame_index, {})[o] = m
+            self.prompts.setdefault(frame_index, {})[o] = (ids == o).astype(np.float32)
         return objs
 
+    def remove_object(self, obj: int, frame_index: int | None = None) -> None:
+        """frame_index None: forget `obj` entirely (all its prompts). Otherwise: stop tracking it from that frame
+        on (its later prompts are dropped; earlier outputs keep it)."""
+        if not any(obj in p for p in self.prompts.values()):
+            raise VosError(f"object {obj} was never given (objects: {sorted({o for p in self.prompts.values() for o in p})})")
+        if frame_index is not None:
+            self._check_frame(frame_index)
+            self.removals.setdefault(frame_index, set()).add(obj)
+        for t in list(self.prompts):
+            if frame_index is None or t >= frame_index:
+                self.prompts[t].pop(obj, None)
+                if not self.prompts[t]:
+                    del self.prompts[t]
+
     def propagate(self, start: int | None = None) -> Iterator[tuple[int, list[int], torch.Tensor]]:
-        """Yield (frame index, object ids, probabilities (1 + n, H, W) at the input size) from the first
-        prompted frame to the end. Frames before the first prompt get no output."""
+        """Yield (frame index, object ids, probabilities (1 + n, H, W) at out_size) from the first prompted frame
+        (or `start`) to the end. Frames before the first prompt get no output."""
         if not self.prompts:
             raise VosError("add a mask for at least one frame before propagating")
         stepper = self.make_stepper()
         first = min(self.prompts) if start is None else start
         for t in range(first, len(self.frames)):
+            for obj in self.removals.get(t, ()):
+                if obj in stepper.object_ids:
+                    stepper.remove_object(obj)
             ids, probs = stepper.step(self.frames[t], self.prompts.get(t), out_size=self.out_size)
             yield t, ids, probs
-
-
-class BaselineStepper:
-    """Adapts a numpy baseline (copy, flow) to the Propagator.step interface, at native resolution."""
-
-    def __init__(self, baseline):
-        self.b = baseline
-        self.object_ids: list[int] = []
-
-    def step(self, frame, new_masks=None, out_size=None):
-        new = None
-        if new_masks:
-            new = np.zeros(frame.shape[:2], np.uint8)
-            for o, m in new_masks.items():
-                if m.shape != frame.shape[:2]:
-                    m = cv2.resize(m, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
-                new[m > 0.5] = o
-                if o not in self.object_ids:
-                    self.object_ids.append(o)
-        ids = self.b.step(frame, new)
-        if out_size and ids.shape != tuple(out_size):
-            ids = cv2.resize(ids, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST)
-        probs = torch.zeros(1 + len(self.object_ids), *ids.shape)
-        probs[0] = torch.from_numpy(ids == 0)
-        for k, o in enumerate(self.object_ids):
-            probs[k + 1] = torch.from_numpy(ids == o)
-        return list(self.object_ids), probs

@@ -37,6 +37,18 @@ def attention_bias(mask: torch.Tensor | None, alpha: torch.Tensor, key_padding: 
     return bias
 
 
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, C) -> (B, heads, N, C // heads)."""
+    B, N, C = x.shape
+    return x.view(B, N, heads, C // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, D) -> (B, N, heads * D)."""
+    B, H, N, D = x.shape
+    return x.transpose(1, 2).reshape(B, N, H * D)
+
+
 class SoftMaskedAttention(nn.Module):
     """Standard Q/K/V/out-projection multi-head attention with an optional soft mask and key padding."""
 
@@ -49,15 +61,11 @@ class SoftMaskedAttention(nn.Module):
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
         self.alpha = nn.Parameter(torch.tensor(alphas or default_alphas(heads), dtype=torch.float32)) if soft else None
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        return x.view(B, N, self.heads, C // self.heads).transpose(1, 2)
-
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 mask: torch.Tensor | None = None, key_padding: torch.Tensor | None = None,
                 explicit: bool = False) -> torch.Tensor:
         """query (B, Nq, C), key/value (B, Nk, C), mask (B, Nq, Nk) in [0, 1], key_padding (B, Nk) bool."""
-        q, k, v = self._split(self.q(query)), self._split(self.k(key)), self._split(self.v(value))
+        q, k, v = (split_heads(x, self.heads) for x in (self.q(query), self.k(key), self.v(value)))
         bias = attention_bias(mask, self.alpha, key_padding, q.dtype)
         p = self.dropout if self.training else 0.0
         if explicit:
@@ -67,5 +75,27 @@ class SoftMaskedAttention(nn.Module):
             out = F.dropout(logits.softmax(-1), p) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        B, H, N, D = out.shape
-        return self.out(out.transpose(1, 2).reshape(B, N, H * D))
+        return self.out(merge_heads(out))
+
+
+class DescriptorAttention(nn.Module):
+    """Cross-attention from pixels (queries) to descriptors (keys/values), as in HODOR's decoder.
+
+    Background and object descriptors have separate key/value projections: they play different roles
+    (a few descriptors covering everything else vs. one per object)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        assert dim % heads == 0, f"dim {dim} must be divisible by heads {heads}"
+        self.heads = heads
+        self.q, self.k, self.v, self.out, self.k_bg, self.v_bg = (nn.Linear(dim, dim) for _ in range(6))
+
+    def forward(self, pixels: torch.Tensor, desc: torch.Tensor, is_bg: torch.Tensor,
+                key_padding: torch.Tensor) -> torch.Tensor:
+        """pixels (B, Np, C); desc (B, N, C); is_bg (N,) bool; key_padding (B, N) bool (True = ignore)."""
+        bg = is_bg[None, :, None]
+        q = split_heads(self.q(pixels), self.heads)
+        k = split_heads(torch.where(bg, self.k_bg(desc), self.k(desc)), self.heads)
+        v = split_heads(torch.where(bg, self.v_bg(desc), self.v(desc)), self.heads)
+        bias = attention_bias(None, None, key_padding, q.dtype)
+        return self.out(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))

@@ -2,11 +2,17 @@
 
 Shapes: B clips, T past frames, I objects (padded per batch; `valid` flags real ones), C channels,
 Qb = bg_grid**2 background descriptors, Q = Qb + I descriptors per frame (background first).
+Frames are padded to a multiple of 32 (`pad_to_stride`); every map below covers the padded frame.
 
-    feats = model.features(images)                 # once per frame: backbone + FPN
-    desc = model.encode(feats, masks, valid)        # masks -> (B, Q, C) descriptors
-    logits = model.decode(feats, descs, desc_valid) # (B, T, Q, C) descriptors of past frames -> stride-4 logits
-    probs = logits_to_probs(logits, model.num_bg)   # (B, 1 + I, h4, w4): background, then objects
+The one per-frame step, shared by training (vos.train.cycles) and inference (vos.inference.predictor):
+
+    feats = model.features(images)                      # once per frame: backbone + FPN
+    given = model.masks_to_s4(masks, feats)              # masks at any resolution -> stride 4, once
+    out = model.step(feats, memory, memory_valid, given, given_valid)
+    out.logits  # (B, 1 + Qb + I, H/4, W/4) decoded from the past descriptors (None without memory)
+    out.probs   # (B, 1 + I, H/4, W/4) probabilities after the given masks are forced in
+    out.desc    # (B, Qb + I, C) this frame's descriptors, re-encoded from out.probs
+    model.upsample(out.probs, feats, (H', W'))          # stride 4 -> any output size, once
 """
 
 from __future__ import annotations
@@ -18,12 +24,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vos.model.attention import SoftMaskedAttention
+from vos.model.attention import DescriptorAttention, SoftMaskedAttention
 from vos.model.backbone import build_backbone
 from vos.model.pixel_blocks import build_pixel_block, groups_for
 
 NEG = -1e4  # "minus infinity" that stays finite in fp16/bf16 and in gradients
 STRIDE = 32  # inputs are padded to a multiple of the coarsest backbone stride
+
+
+def pad_to_stride(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad the last two dimensions (bottom and right) to a multiple of STRIDE."""
+    H, W = x.shape[-2:]
+    return F.pad(x, (0, -W % STRIDE, 0, -H % STRIDE))
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor | None  # (B, 1 + Qb + I, h4, w4): [catch-all, background cells, objects]; None = no memory
+    probs: torch.Tensor  # (B, 1 + I, h4, w4) float32: background, then objects (given masks forced in)
+    desc: torch.Tensor | None  # (B, Qb + I, C); None if step(encode=False)
 
 
 @dataclass
@@ -96,15 +115,12 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pixel-mixing block, cross-attention from pixels to past descriptors, FFN (residual + LayerNorm).
-
-    Object and background descriptors have separate key/value projections."""
+    """Pixel-mixing block, cross-attention from pixels to past descriptors, FFN (residual + LayerNorm)."""
 
     def __init__(self, c: int, heads: int, ffn_mult: int, dropout: float, pixel_block: str):
         super().__init__()
         self.block = build_pixel_block(pixel_block, c, heads)
-        self.attn = SoftMaskedAttention(c, heads, dropout, soft=False)
-        self.k_bg, self.v_bg = nn.Linear(c, c), nn.Linear(c, c)
+        self.attn = DescriptorAttention(c, heads)
         self.ffn = FFN(c, ffn_mult, dropout)
         self.norms = nn.ModuleList([nn.LayerNorm(c) for _ in range(3)])
 
@@ -113,13 +129,7 @@ class DecoderLayer(nn.Module):
         B, C, h, w = x.shape
         x = x + self.block(x)
         t = self.norms[0](x.flatten(2).transpose(1, 2))
-        a = self.attn
-        q = a._split(a.q(t + pos))
-        k = a._split(torch.where(is_bg[None, :, None], self.k_bg(desc), a.k(desc)))
-        v = a._split(torch.where(is_bg[None, :, None], self.v_bg(desc), a.v(desc)))
-        bias = torch.zeros(pad.shape, dtype=q.dtype, device=q.device).masked_fill(pad, float("-inf"))[:, None, None]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        t = self.norms[1](t + a.out(o.transpose(1, 2).reshape(B, h * w, C)))
+        t = self.norms[1](t + self.attn(t + pos, desc, is_bg, pad))
         t = self.norms[2](t + self.ffn(t))
         return t.transpose(1, 2).reshape(B, C, h, w)
 
@@ -179,16 +189,20 @@ class HODOR(nn.Module):
         """images (N, 3, H, W) in [0, 1]; any H, W (padded internally to a multiple of 32)."""
         H, W = images.shape[-2:]
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        x = F.pad(x, (0, -W % STRIDE, 0, -H % STRIDE))
-        f4, f8 = self.fpn(self.backbone(x))
+        f4, f8 = self.fpn(self.backbone(pad_to_stride(x)))
         return Features(f4, f8, (H, W))
 
     # ------------------------------------------------------------------------------------------- encoder
-    def masks_to_s8(self, masks: torch.Tensor, feats: Features) -> torch.Tensor:
-        """Soft masks at the input size (B, I, H, W) -> stride 8 (area averaging over padded size)."""
+    def masks_to_s4(self, masks: torch.Tensor, feats: Features) -> torch.Tensor:
+        """Soft masks (B, I, h, w) covering the unpadded frame, at any resolution -> (B, I, H/4, W/4) over the
+        padded frame, by area averaging (the only place where given masks are resampled)."""
         H, W = feats.size
-        masks = F.pad(masks, (0, -W % STRIDE, 0, -H % STRIDE))
-        return F.avg_pool2d(masks, 8)
+        h4, w4 = feats.f4.shape[-2:]
+        size = (min(h4, -(-H // 4)), min(w4, -(-W // 4)))
+        m = masks.float()
+        if m.shape[-2:] != size:
+            m = F.interpolate(m, size=size, mode="area")
+        return F.pad(m, (0, w4 - size[1], 0, h4 - size[0]))
 
     def bg_cells(self, h: int, w: int, device, dtype) -> torch.Tensor:
         """(Qb, h, w) 0/1 cells of a bg_grid x bg_grid partition of the stride-8 map."""
@@ -198,23 +212,15 @@ class HODOR(nn.Module):
         cell = ys[:, None] * g + xs[None, :]
         return (cell[None] == torch.arange(g * g, device=device)[:, None, None]).to(dtype)
 
-    def encode(self, feats: Features, masks: torch.Tensor, valid: torch.Tensor | None = None,
-               stride: int = 1) -> torch.Tensor:
-        """Descriptors (B, Qb + I, C) from soft masks (B, I, H/stride, W/stride) in [0, 1].
-
-        stride=1: masks at the input size; stride=4: stride-4 probabilities over the padded size (what
-        decode returns); stride=8: already at the attention resolution.
-        """
-        if stride == 1:
-            m = self.masks_to_s8(masks, feats)
-        else:
-            m = F.avg_pool2d(masks, 8 // stride) if stride < 8 else masks
+    def encode(self, feats: Features, masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Descriptors (B, Qb + I, C) from stride-4 soft masks (B, I, H/4, W/4) in [0, 1] over the padded frame."""
         f = feats.f8
+        m = F.avg_pool2d(masks.to(f.dtype), 2)
         B, C, h, w = f.shape
         I = m.shape[1]
         if valid is None:
             valid = torch.ones(B, I, dtype=torch.bool, device=f.device)
-        m = m.to(f.dtype) * valid[:, :, None, None].to(f.dtype)
+        m = m * valid[:, :, None, None].to(f.dtype)
         flat_f = f.flatten(2)  # (B, C, hw)
         flat_m = m.flatten(2)  # (B, I, hw)
         hard = (flat_m > 0.5).to(f.dtype)
@@ -259,11 +265,57 @@ class HODOR(nn.Module):
         logits = logits.masked_fill(~desc_valid[..., None, None], NEG).amax(1)
         return torch.cat([self.catch_all(e), logits], 1)
 
-    def upsample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Stride-4 logits over the padded frame -> the unpadded input size (H, W)."""
-        H, W = size
-        full = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
-        return full[..., :H, :W]
+    def step(self, feats: Features, memory: torch.Tensor | None = None, memory_valid: torch.Tensor | None = None,
+             given: torch.Tensor | None = None, given_valid: torch.Tensor | None = None,
+             valid: torch.Tensor | None = None, detach_probs: bool = False, encode: bool = True) -> StepOutput:
+        """One frame: decode it from past descriptors, force the given masks in, re-encode its descriptors.
+
+        memory (B, T, Q, C), memory_valid (B, T, Q): descriptors of past frames (None: nothing to decode from,
+            e.g. the first annotated frame; every pixel is then background unless given).
+        given (B, I, H/4, W/4): masks given at this frame, from `masks_to_s4`; given_valid (B, I) bool says which
+            objects are given (the others keep their decoded probabilities). A given object owns its pixels.
+        valid (B, I) bool: real (not padding) objects. detach_probs: stop gradients through the soft masks
+            into the re-encoding (the reference code's choice; training only). encode=False: skip the re-encoding
+            (desc None) when nothing will attend to this frame (the last frame of a training cycle).
+        """
+        f = feats.f8
+        B = f.shape[0]
+        I = given.shape[1] if given is not None else memory.shape[2] - self.num_bg
+        logits = None
+        if memory is not None:
+            logits = self.decode(feats, memory, memory_valid)
+            probs = logits_to_probs(logits, self.num_bg)
+        else:
+            probs = torch.zeros(B, 1 + I, *feats.f4.shape[-2:], device=f.device)
+            probs[:, 0] = 1
+        if given is not None:
+            probs = force_masks(probs, given, given_valid)
+        if not encode:
+            return StepOutput(logits, probs, None)
+        p = probs[:, 1:].detach() if detach_probs else probs[:, 1:]
+        return StepOutput(logits, probs, self.encode(feats, p, valid))
+
+    def upsample(self, x: torch.Tensor, feats: Features, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """A stride-4 map over the padded frame (B, K, H/4, W/4) -> the unpadded frame at `size` (default: the
+        input size), in one bilinear interpolation."""
+        H, W = feats.size
+        oh, ow = size or (H, W)
+        h4, w4 = x.shape[-2:]
+        full = (round(4 * h4 * oh / H), round(4 * w4 * ow / W))  # the padded frame at the output scale
+        return F.interpolate(x, size=full, mode="bilinear", align_corners=False)[..., :oh, :ow]
+
+
+def force_masks(probs: torch.Tensor, given: torch.Tensor, given_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Put given masks into probabilities. probs (B, 1 + I, h, w); given (B, I, h, w) soft masks; given_valid (B, I)
+    bool: which objects are given (default all). A given object's channel becomes exactly its mask and it owns
+    its pixels: every other channel is scaled by what the given masks leave."""
+    gv = (torch.ones(given.shape[:2], dtype=torch.bool, device=given.device) if given_valid is None
+          else given_valid)[:, :, None, None]
+    g = given.to(probs.dtype) * gv
+    keep = (1 - g).prod(1, keepdim=True)
+    objs = torch.where(gv, g, probs[:, 1:] * keep)
+    probs = torch.cat([probs[:, :1] * keep, objs], 1)
+    return probs / probs.sum(1, keepdim=True).clamp(min=1e-6)
 
 
 def logits_to_probs(logits: torch.Tensor, num_bg: int) -> torch.Tensor:

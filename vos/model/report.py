@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vos.config import InferConfig, load_config
-from vos.model import HODOR, logits_to_probs
+from vos.model import HODOR
 
 
 def report(name: str, size=(480, 854), window: int = 7) -> dict:
@@ -24,9 +24,8 @@ def report(name: str, size=(480, 854), window: int = 7) -> dict:
     masks[..., 100:300, 200:500] = 1
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         f = model.features(x)
-        d = model.encode(f, masks)
-        lg = model.decode(f, d[:, None].expand(1, window, -1, -1), torch.ones(1, window, d.shape[1], dtype=torch.bool))
-        model.encode(f, logits_to_probs(lg, model.num_bg)[:, 1:], stride=4)
+        d = model.step(f, given=model.masks_to_s4(masks, f)).desc
+        model.step(f, d[:, None].expand(1, window, -1, -1), torch.ones(1, window, d.shape[1], dtype=torch.bool))
     flops = fc.get_total_flops()
     if cfg.decoder.pixel_block == "deform":
         h, w = f.f8.shape[-2:]

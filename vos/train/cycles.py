@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vos.model import Features, logits_to_probs, merged_logits
+from vos.model import Features, StepOutput, merged_logits
 
 GT = "0"
 
@@ -26,6 +26,13 @@ def node_frames(node) -> set[int]:
         return {0}
     sources, target = node
     return {target}.union(*(node_frames(s) for s in sources))
+
+
+def sources_of(node) -> set:
+    """Every node whose descriptors `node` needs, along the whole path."""
+    if node == GT:
+        return set()
+    return set(node[0]).union(*(sources_of(s) for s in node[0]))
 
 
 def cycle_paths(iteration: int, long_cycles: bool) -> list[tuple]:
@@ -61,6 +68,49 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, n
     return ce + dice_loss(probs, target, valid.float())
 
 
+class CycleGraph:
+    """The nodes of one batch's cycles, each computed once through the model's per-frame step (`HODOR.step`,
+    the same one inference runs): `desc(node)` its descriptors, `logits(node)` its stride-4 logits."""
+
+    def __init__(self, model: nn.Module, feats: list[Features], masks: torch.Tensor, valid: torch.Tensor,
+                 detach_masks: bool, paths: list | None = None):
+        """feats: per-frame features; masks (B, T, K, H, W) (frame 0 = the annotated one); valid (B, K).
+        paths: the nodes whose logits will be asked for; nodes that are only ends of paths skip re-encoding."""
+        self.m, self.feats, self.masks, self.valid, self.detach = model, feats, masks, valid, detach_masks
+        self.ends_only = set(paths or ()) - set().union(*(sources_of(p) for p in paths or ()))
+        B = valid.shape[0]
+        self.q_valid = torch.cat([torch.ones(B, model.num_bg, dtype=torch.bool, device=valid.device), valid], 1)
+        self._out: dict = {}
+
+    def output(self, node) -> StepOutput:
+        if node not in self._out:
+            m = self.m
+            if node == GT:
+                f = self.feats[0]
+                self._out[node] = m.step(f, given=m.masks_to_s4(self.masks[:, 0], f), valid=self.valid)
+            else:
+                sources, target = node
+                memory = torch.stack([self.desc(s) for s in sources], 1)
+                mem_valid = self.q_valid[:, None].expand(-1, len(sources), -1)
+                self._out[node] = m.step(self.feats[target], memory, mem_valid, valid=self.valid,
+                                         detach_probs=self.detach, encode=node not in self.ends_only)
+        return self._out[node]
+
+    def desc(self, node) -> torch.Tensor:
+        return self.output(node).desc
+
+    def logits(self, node) -> torch.Tensor:
+        return self.output(node).logits
+
+
+def split_features(model: nn.Module, images: torch.Tensor) -> list[Features]:
+    """Features of (B, T, 3, H, W) clips in one backbone pass, as one Features per frame."""
+    B, T, _, H, W = images.shape
+    f = model.features(images.flatten(0, 1))
+    return [Features(f.f4.view(B, T, *f.f4.shape[1:])[:, t], f.f8.view(B, T, *f.f8.shape[1:])[:, t], (H, W))
+            for t in range(T)]
+
+
 class CycleModel(nn.Module):
     """Wraps HODOR so that one forward() computes all cycle losses of a batch (what DDP needs to wrap)."""
 
@@ -69,39 +119,18 @@ class CycleModel(nn.Module):
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+        """Returns (mean loss, loss per supervised path, detached full-size logits per path)."""
         m = self.model
         images, masks, valid, has = batch["images"], batch["masks"], batch["valid"], batch["has_mask"]
-        B, T, _, H, W = images.shape
-        f = m.features(images.flatten(0, 1))
-        feats = [Features(f.f4.view(B, T, *f.f4.shape[1:])[:, t], f.f8.view(B, T, *f.f8.shape[1:])[:, t], (H, W))
-                 for t in range(T)]
+        H, W = images.shape[-2:]
+        feats = split_features(m, images)
+        paths = cycle_paths(iteration, self.long_cycles)
+        graph = CycleGraph(m, feats, masks, valid, self.detach_masks, paths)
         present = masks.flatten(3).amax(-1) > 0  # (B, T, K); unknown frames (no mask) count as present
         present = present | ~has[:, :, None]
-        q_valid = torch.cat([torch.ones(B, m.num_bg, dtype=torch.bool, device=valid.device), valid], 1)
-        desc_cache: dict = {}
-        logit_cache: dict = {}
-
-        def logits(node):
-            if node not in logit_cache:
-                sources, target = node
-                d = torch.stack([desc(s) for s in sources], 1)
-                logit_cache[node] = m.decode(feats[target], d, q_valid[:, None].expand(-1, len(sources), -1))
-            return logit_cache[node]
-
-        def desc(node):
-            if node not in desc_cache:
-                if node == GT:
-                    desc_cache[node] = m.encode(feats[0], masks[:, 0], valid)
-                else:
-                    p = logits_to_probs(logits(node), m.num_bg)[:, 1:]
-                    if self.detach_masks:
-                        p = p.detach()
-                    desc_cache[node] = m.encode(feats[node[1]], p.to(feats[0].f8.dtype), valid, stride=4)
-            return desc_cache[node]
-
         losses: dict[str, torch.Tensor] = {}
         outputs = {}
-        for path in cycle_paths(iteration, self.long_cycles):
+        for path in paths:
             target = path[1]
             sup = has[:, target]
             if not sup.any():
@@ -109,9 +138,8 @@ class CycleModel(nn.Module):
             frames = sorted(set().union(*(node_frames(s) for s in path[0])))
             in_path = present[:, frames].any(1) & valid  # objects absent from every source frame -> background
             tgt = masks[:, target] * in_path[:, :, None, None]
-            lg = m.upsample(logits(path), (H, W))
-            l = mask_loss(lg[sup], tgt[sup], valid[sup], m.num_bg)
-            losses[name_of(path)] = l
+            lg = m.upsample(graph.logits(path), feats[target], (H, W))
+            losses[name_of(path)] = mask_loss(lg[sup], tgt[sup], valid[sup], m.num_bg)
             outputs[name_of(path)] = lg.detach()
         total = sum(losses.values()) / len(losses)
         return total, losses, outputs

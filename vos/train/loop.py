@@ -1,8 +1,8 @@
-"""The training loop: one readable loop in the style of torchvision's reference trainers.
+"""The training loop: one readable Trainer in the style of torchvision's reference trainers.
 
 AdamW + warmup then cosine/step decay, gradient clipping and accumulation, AMP on CUDA, torchrun/DDP,
-atomic checkpoints (every N steps and on SIGTERM/SIGINT) with exact resume, non-finite-loss guard,
-wandb logging (offline by default) and periodic validation J&F.
+atomic checkpoints (every N steps and on SIGTERM/SIGINT) with exact resume, a non-finite guard over every
+micro-batch, wandb logging (offline by default) and periodic validation J&F.
 """
 
 from __future__ import annotations
@@ -19,19 +19,13 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from vos.checkpoint import init_from, load_checkpoint, restore_training, save_checkpoint, training_state
 from vos.config import TrainConfig, config_from_dict, save_config, to_dict
 from vos.data.clips import ClipDataset, MixtureSampler
-from vos.model import HODOR
+from vos.model import HODOR, merged_logits
 from vos.train.cycles import CycleModel
 from vos.utils import VosError
-from vos.utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
-            torch.device("cpu")
-    return torch.device(name)
+from vos.utils.device import amp_dtype, pick_device
 
 
 def lr_factor(step: int, cfg) -> float:
@@ -72,175 +66,190 @@ class _StopFlag:
             signal.signal(sig, h)
 
 
-def _wandb_run(cfg: DictConfig, out_dir: Path, rank: int):
-    mode = os.environ.get("WANDB_MODE", cfg.log.wandb)
-    if rank != 0 or mode == "disabled":
-        return None
+def _overlay_images(batch: dict, outputs: dict, num_bg: int, n: int = 2) -> list:
     import wandb
-
-    return wandb.init(project=cfg.log.project, dir=str(out_dir), mode=mode, config=to_dict(cfg),
-                      name=out_dir.name, reinit=True)
-
-
-def _overlay_images(batch: dict, outputs: dict, num_bg: int, n: int = 2):
-    import wandb
-
-    from vos.model import merged_logits
 
     name = next(iter(outputs))
     lg = outputs[name]
     pred = merged_logits(lg, num_bg).argmax(1)
-    target = name.rsplit(">", 1)[1] if ">" in name else "0"
+    target = int(name.rsplit(">", 1)[1]) if ">" in name else 0
     images = []
     for b in range(min(n, lg.shape[0])):
-        img = (batch["images"][b, int(target)].permute(1, 2, 0).cpu().numpy() * 255).astype("uint8")
-        gt = batch["masks"][b, int(target)]
+        img = (batch["images"][b, target].permute(1, 2, 0).cpu().numpy() * 255).astype("uint8")
+        gt = batch["masks"][b, target]
         gt_lab = torch.where(gt.sum(0) > 0, gt.argmax(0) + 1, 0).cpu().numpy()
         images.append(wandb.Image(img, caption=name, masks={"prediction": {"mask_data": pred[b].cpu().numpy()},
                                                             "ground_truth": {"mask_data": gt_lab}}))
     return images
 
 
-def train(cfg: DictConfig, resume: str | None = None, stop_after: int | None = None) -> Path:
-    """Run (or resume) training; returns the path of the last checkpoint.
+class Trainer:
+    """Fields: cfg, device, rank/world (torchrun), model (HODOR), cycle (the loss module, DDP-wrapped when
+    distributed), opt/sched/scaler, step (optimizer steps done), accum (micro-batches per step), skipped (steps
+    skipped for non-finite values), out_dir."""
 
-    stop_after: checkpoint and stop after this many steps in this invocation (for runs split over sittings);
-    `resume` then continues exactly where it stopped.
-    """
-    device = pick_device(cfg.device)
-    rank, world = _init_distributed(device)
-    out_dir = Path(cfg.out_dir)
-    start_step, state = 0, None
-    if resume:
-        state = load_checkpoint(resume)
-        saved = config_from_dict(TrainConfig, state["config"])
-        if to_dict(saved.model) != to_dict(cfg.model):
-            raise VosError(f"--resume {resume}: the checkpoint's model config differs from this run's")
-        start_step = int(state["step"])
-    torch.manual_seed(cfg.seed + rank)
-    model = HODOR(cfg.model).to(device)
-    if cfg.init_from and state is None:
-        init = load_checkpoint(cfg.init_from)
-        # The frozen backbone may be omitted from a checkpoint; a different decoder.pixel_block starts fresh.
-        swapped = init["config"].get("model", {}).get("decoder", {}).get("pixel_block") != cfg.model.decoder.pixel_block
-        block = r"decoder\.\d+\.block\." if swapped else r"$^"
-        load_weights(model, init["model"], f"init_from {cfg.init_from}: model does not match this config",
-                     may_miss=rf"backbone\.|{block}", may_add=block)
-    cycle = CycleModel(model, cfg.cycles.detach_masks, cfg.cycles.long_cycles).to(device)
-    if world > 1:
-        cycle = torch.nn.parallel.DistributedDataParallel(cycle, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    amp_dtype = None
-    if cfg.optim.amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    if state is not None:
-        model.load_state_dict(state["model"], strict=False)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+    def __init__(self, cfg: DictConfig, resume: str | None = None):
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.rank, self.world = _init_distributed(self.device)
+        self.out_dir = Path(cfg.out_dir)
+        state = None
+        if resume:
+            state = load_checkpoint(resume)
+            if to_dict(config_from_dict(TrainConfig, state["config"]).model) != to_dict(cfg.model):
+                raise VosError(f"--resume {resume}: the checkpoint's model config differs from this run's")
+        torch.manual_seed(cfg.seed + self.rank)
+        self.model = HODOR(cfg.model).to(self.device)
+        if cfg.init_from and state is None:
+            init_from(self.model, cfg.init_from)
+        self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles).to(self.device)
+        if self.world > 1:
+            self.cycle = torch.nn.parallel.DistributedDataParallel(
+                self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
+        self.amp_dtype = amp_dtype(self.device, cfg.optim.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        if state is not None:
+            self.step = restore_training(state, self.model, self.opt, self.sched, self.scaler, self.device)
+        o = cfg.optim
+        self.accum = max(1, o.effective_batch // (o.batch_size * self.world)) if o.effective_batch else 1
+        self.skipped = self.bad_in_row = 0
+        self.run = None
 
-    accum = max(1, cfg.optim.effective_batch // (cfg.optim.batch_size * world)) if cfg.optim.effective_batch else 1
-    dataset = ClipDataset(cfg.data.sources, cfg.data.size, cfg.data.max_objects)
-    sampler = MixtureSampler(dataset, cfg.optim.batch_size, cfg.seed, rank, start_step * accum, cfg.optim.steps * accum)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
-                                         pin_memory=device.type == "cuda", persistent_workers=False)
+    # --------------------------------------------------------------------------------------------- parts
+    def loader(self) -> torch.utils.data.DataLoader:
+        c = self.cfg
+        dataset = ClipDataset(c.data.sources, c.data.size, c.data.max_objects, c.data.root)
+        sampler = MixtureSampler(dataset, c.optim.batch_size, c.seed, self.rank, self.step * self.accum,
+                                 c.optim.steps * self.accum)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=c.data.workers,
+                                           pin_memory=self.device.type == "cuda")
 
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-    run = _wandb_run(cfg, out_dir, rank)
-    stop = _StopFlag()
+    def train_step(self, micro_batches: list[dict]) -> dict | None:
+        """One optimizer step over `accum` micro-batches. Every micro-batch's loss is checked: if any is non-finite
+        (or the gradient norm is), the whole step is skipped. Returns the step's logs (mean loss over the
+        micro-batches), or None when skipped."""
+        self.model.train()
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        total = torch.zeros((), device=self.device)
+        parts_sum: dict[str, torch.Tensor] = {}
+        for batch in micro_batches:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                                enabled=self.amp_dtype is not None):
+                loss, parts, outputs = self.cycle(batch, self.step)
+            finite &= torch.isfinite(loss)
+            self.scaler.scale(loss / len(micro_batches)).backward()
+            total += loss.detach()
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0) + v.detach()
+        self.scaler.unscale_(self.opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.clip_grad)
+        ok = finite & torch.isfinite(gnorm)
+        if self.world > 1:  # every rank skips, or none does
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        ok = bool(ok)  # the step's one host sync: needed to decide whether to skip
+        if ok:
+            self.scaler.step(self.opt)
+        self.scaler.update()  # fp16: lowers the loss scale after an overflow
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.step += 1
+        if not ok:
+            self.skipped, self.bad_in_row = self.skipped + 1, self.bad_in_row + 1
+            warnings.warn(f"step {self.step}: non-finite loss or gradient, step skipped ({self.bad_in_row} in a row, "
+                          f"{self.skipped} total)")
+            if self.bad_in_row >= self.cfg.optim.max_nonfinite:
+                raise VosError(f"{self.bad_in_row} non-finite steps in a row: stopping (lower optim.lr?)")
+            return None
+        self.bad_in_row = 0
+        n = len(micro_batches)
+        return {"loss": total / n, "grad_norm": gnorm, "outputs": outputs,
+                **{f"loss/{k}": v / n for k, v in parts_sum.items()}}
 
-    def checkpoint(step: int) -> Path:
-        path = out_dir / "checkpoint.pt"
-        if rank == 0:
-            frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
-            save_checkpoint(path, {
-                "model": {k: v for k, v in model.state_dict().items() if k not in frozen},
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "config": to_dict(cfg),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
-            })
+    def log(self, logs: dict, batch: dict, clips_per_s: float, bar: tqdm) -> None:
+        outputs = logs.pop("outputs")
+        logs = {k: float(v) for k, v in logs.items()}
+        logs.update(lr=self.sched.get_last_lr()[0], clips_per_s=clips_per_s, skipped_steps=self.skipped)
+        bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{logs['lr']:.2e}")
+        if self.run is not None:
+            if self.cfg.log.image_every and self.step % self.cfg.log.image_every == 0:
+                logs["overlays"] = _overlay_images(batch, outputs, self.model.num_bg)
+            self.run.log(logs, step=self.step)
+
+    def validate(self) -> dict[str, float]:
+        from vos.train.validate import validate
+
+        score = validate(self.model, self.cfg, self.device)
+        if self.run is not None:
+            self.run.log({f"val/{k}": v for k, v in score.items()}, step=self.step)
+        return score
+
+    def save(self) -> Path:
+        path = self.out_dir / "checkpoint.pt"
+        if self.rank == 0:
+            save_checkpoint(path, training_state(self.model, self.opt, self.sched, self.scaler, self.step,
+                                                 to_dict(self.cfg)))
         return path
 
-    step, micro, bad_in_row, skipped = start_step, 0, 0, 0
-    t0, seen = time.time(), 0
-    bar = tqdm(total=cfg.optim.steps, initial=start_step, disable=rank != 0, desc="train", dynamic_ncols=True)
-    model.train()
-    final = out_dir / "checkpoint.pt"
-    try:
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                loss, parts, outputs = cycle(batch, step)
-            # One host sync per step: needed to decide whether to skip the step.
-            finite = bool(torch.isfinite(loss))
-            if finite:
-                scaler.scale(loss / accum).backward()
-            micro += 1
-            if micro % accum:
-                continue
-            if not finite:
-                opt.zero_grad(set_to_none=True)
-                bad_in_row, skipped = bad_in_row + 1, skipped + 1
-                warnings.warn(f"step {step}: non-finite loss, step skipped ({bad_in_row} in a row, {skipped} total)")
-                if bad_in_row >= cfg.optim.max_nonfinite:
-                    raise VosError(f"{bad_in_row} non-finite losses in a row: stopping (lower optim.lr?)")
-                step += 1
-                sched.step()
-                continue
-            bad_in_row = 0
-            scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            step += 1
-            seen += batch["images"].shape[0] * accum * world
-            bar.update(1)
-            if rank == 0 and step % cfg.log.every == 0:
-                rate = seen / max(1e-9, time.time() - t0)
-                logs = {"loss": loss.item(), "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
-                        "clips_per_s": rate, "skipped_steps": skipped,
-                        **{f"loss/{k}": v.item() for k, v in parts.items()}}
-                bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{logs['lr']:.2e}")
-                if run is not None:
-                    if cfg.log.image_every and step % cfg.log.image_every == 0:
-                        logs["overlays"] = _overlay_images(batch, outputs, model.num_bg)
-                    run.log(logs, step=step)
-            if cfg.log.val_every and step % cfg.log.val_every == 0 and rank == 0:
-                from vos.train.validate import validate
+    def _wandb(self):
+        mode = os.environ.get("WANDB_MODE", self.cfg.log.wandb)
+        if self.rank != 0 or mode == "disabled":
+            return None
+        import wandb
 
-                score = validate(model, cfg, device)
-                if run is not None:
-                    run.log({f"val/{k}": v for k, v in score.items()}, step=step)
-                model.train()
-            stop_now = stop.stop or (stop_after is not None and step - start_step >= stop_after)
-            if world > 1:
-                flag = torch.tensor([float(stop_now)], device=device)
-                dist.all_reduce(flag)
-                stop_now = bool(flag.item())
-            if step % cfg.ckpt_every == 0 or stop_now or step >= cfg.optim.steps:
-                final = checkpoint(step)
-            if stop_now:
-                if rank == 0:
-                    print(f"stopped at step {step}; continue with --resume {final}")
-                break
-        if world > 1:  # report a weight checksum per rank: DDP keeps the replicas identical
-            checksum = sum(float(p.double().sum()) for p in model.parameters())
-            print(f"rank {rank} weights checksum {checksum:.10e}")
-    finally:
-        stop.restore()
-        bar.close()
-        if run is not None:
-            run.finish()
-    return final
+        return wandb.init(project=self.cfg.log.project, dir=str(self.out_dir), mode=mode, config=to_dict(self.cfg),
+                          name=self.out_dir.name, reinit=True)
+
+    # ---------------------------------------------------------------------------------------------- loop
+    def fit(self, stop_after: int | None = None) -> Path:
+        """Train to optim.steps (or `stop_after` more steps); returns the last checkpoint's path."""
+        c, start = self.cfg, self.step
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(c, self.out_dir / "config.yaml")
+        self.run = self._wandb()
+        stop = _StopFlag()
+        bar = tqdm(total=c.optim.steps, initial=start, disable=self.rank != 0, desc="train", dynamic_ncols=True)
+        final, t0, seen, micro = self.out_dir / "checkpoint.pt", time.time(), 0, []
+        try:
+            for batch in self.loader():
+                micro.append({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
+                if len(micro) < self.accum:
+                    continue
+                logs = self.train_step(micro)
+                seen += sum(b["images"].shape[0] for b in micro) * self.world
+                micro = []
+                bar.update(1)
+                if logs is not None and self.rank == 0 and self.step % c.log.every == 0:
+                    self.log(logs, batch, seen / max(1e-9, time.time() - t0), bar)
+                if c.val.every and self.step % c.val.every == 0 and self.rank == 0:
+                    self.validate()
+                stop_now = stop.stop or (stop_after is not None and self.step - start >= stop_after)
+                if self.world > 1:
+                    flag = torch.tensor([float(stop_now)], device=self.device)
+                    dist.all_reduce(flag)
+                    stop_now = bool(flag.item())
+                if self.step % c.ckpt_every == 0 or stop_now or self.step >= c.optim.steps:
+                    final = self.save()
+                if stop_now:
+                    if self.rank == 0:
+                        print(f"stopped at step {self.step}; continue with --resume {final}")
+                    break
+            if self.world > 1:  # report a weight checksum per rank: DDP keeps the replicas identical
+                checksum = sum(float(p.double().sum()) for p in self.model.parameters())
+                print(f"rank {self.rank} weights checksum {checksum:.10e}")
+        finally:
+            stop.restore()
+            bar.close()
+            if self.run is not None:
+                self.run.finish()
+        return final
+
+
+def train(cfg: DictConfig, resume: str | None = None, stop_after: int | None = None) -> Path:
+    """Run (or resume) training; returns the path of the last checkpoint. stop_after: checkpoint and stop after
+    this many steps in this invocation (for runs split over sittings); `resume` then continues exactly."""
+    return Trainer(cfg, resume).fit(stop_after)

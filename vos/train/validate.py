@@ -8,23 +8,26 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from vos.config import InferConfig, load_config
+from vos.config import InferConfig, data_path, load_config
 from vos.data import list_sequences
 from vos.eval import evaluate_dataset
 from vos.inference.run import Job, Runner
 
 
 def validate(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> dict[str, float]:
-    infer_cfg = load_config(InferConfig, None, [f"device={device}"])
+    """J&F of `model` on cfg.val's split, with cfg.val's inference settings. Leaves the model in eval mode."""
+    v = cfg.val
+    root = data_path(cfg.data.root, v.root)
+    infer_cfg = load_config(InferConfig, None, [f"device={device}", f"window={v.window}",
+                                                f"anchor_first={v.anchor_first}", f"short_side={v.short_side}"])
     runner = Runner(infer_cfg, "hodor", model=model)
-    seqs = list_sequences(cfg.log.val_root, cfg.log.val_layout, cfg.log.val_split)
-    if cfg.log.val_max_seqs:
-        seqs = seqs[: cfg.log.val_max_seqs]
+    seqs = list_sequences(root, v.layout, v.split)
+    if v.max_seqs:
+        seqs = seqs[: v.max_seqs]
     with tempfile.TemporaryDirectory() as tmp:
         for s in seqs:
             first = min(s.annotations)
             runner.run(Job(s.name, s.frame_dir, {s.frame_names[first]: s.annotations[first]},
                            binary_255=s.layout == "davis2016"), Path(tmp), progress=False)
-        table, _ = evaluate_dataset(cfg.log.val_root, cfg.log.val_layout, cfg.log.val_split, tmp, workers=1,
-                                    sequences=[s.name for s in seqs])
+        table, _ = evaluate_dataset(root, v.layout, v.split, tmp, workers=1, sequences=[s.name for s in seqs])
     return table

@@ -1,0 +1,29 @@
+"""Device choice and mixed precision, in one place for training and inference."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto": this process's GPU (LOCAL_RANK under torchrun) when CUDA is present, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 on CUDA where supported, else fp16; None (full precision) on the CPU, where autocast brings no speed."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, enabled: bool):
+    dtype = amp_dtype(device, enabled)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
