@@ -12,9 +12,11 @@ from PIL import Image
 from vos.config import InferConfig, load_config, to_dict
 from vos.data import read_mask, write_mask
 from vos.data.synthetic import make_clip, write_davis, write_mp4
-from vos.inference.predictor import Propagator
+from vos.checkpoint import load_model, save_checkpoint
+from vos.inference.predictor import Propagator, probs_to_ids
+from vos.inference.run import DEFAULT_CHECKPOINT
 from vos.model import HODOR
-from vos.checkpoint import save_checkpoint
+from vos.utils import VosError
 from vos.inference.cli import main as infer_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,16 +79,22 @@ def test_end_to_end_with_late_objects(ckpt, clip_dir, tmp_path):
     assert not list(tmp_path.rglob(".*tmp*"))
 
 
-def test_mp4_and_folder_give_the_same_number_of_outputs(ckpt, clip_dir, tmp_path):
+def test_mp4_and_folder_give_the_same_masks(clip_dir, tmp_path):
+    """The bundled model on the same frames as an mp4 and as JPEGs: the masks agree up to codec differences."""
     d, frames, *_ = clip_dir
-    assert run("--input", d / "clip.mp4", "--mask", d / "masks" / "00000.png", "--out", tmp_path,
-               "--checkpoint", ckpt) == 0
-    assert len(list((tmp_path / "clip").glob("*.png"))) == len(frames)
+    for src in (d / "clip.mp4", d / "frames"):
+        assert run("--input", src, "--mask", d / "masks" / "00000.png", "--out", tmp_path / src.suffix) == 0
+    a, b = (sorted((tmp_path / sfx / name).glob("*.png")) for sfx, name in ((".mp4", "clip"), ("", "frames")))
+    assert len(a) == len(b) == len(frames)
+    ious = []
+    for pa, pb in zip(a, b):
+        ma, mb = read_mask(pa)[0], read_mask(pb)[0]
+        for k in set(np.unique(ma)) | set(np.unique(mb)) - {0}:
+            ious.append(((ma == k) & (mb == k)).sum() / ((ma == k) | (mb == k)).sum())
+    assert len(ious) >= len(frames) and np.mean(ious) > 0.9, np.round(ious, 2)
 
 
 def test_memory_is_bounded_by_the_window(ckpt):
-    from vos.checkpoint import load_model
-
     model = load_model(ckpt, torch.device("cpu"))
     p = Propagator(model, window=3, anchor_first=True)
     mask = np.zeros((64, 64), np.float32)
@@ -102,15 +110,105 @@ def test_memory_is_bounded_by_the_window(ckpt):
     assert p2.stored_frames == 3
 
 
-def test_tiny_object_keeps_being_tracked(ckpt):
-    from vos.checkpoint import load_model
+def test_small_real_object_keeps_being_tracked(shared_data):
+    """soccerball at 128 px: the ball is ~23 px wide, under 3 stride-8 cells. Its channel must hold the ball."""
+    from vos.data import list_sequences
 
-    p = Propagator(load_model(ckpt, torch.device("cpu")), window=2)
-    mask = np.zeros((64, 64), np.float32)
-    mask[30:33, 30:33] = 1  # smaller than one stride-8 cell
-    for t in range(4):
-        ids, probs = p.step(np.zeros((64, 64, 3), np.uint8), {5: mask} if t == 0 else None)
-        assert ids == [5] and probs.shape == (2, 64, 64) and torch.isfinite(probs).all()
+    model = load_model(DEFAULT_CHECKPOINT, torch.device("cpu"))
+    seq = next(s for s in list_sequences(shared_data / "davis2016", "davis2016", "dev") if s.name == "soccerball")
+    frames = seq.frames(128)
+    p = Propagator(model, window=7)
+    ious = []
+    for t in range(30):
+        gt = seq.read_mask(t)[0] > 0
+        ids, probs = p.step(frames[t], {4: gt.astype(np.float32)} if t == 0 else None, out_size=gt.shape)
+        assert ids == [4]
+        pred = probs.argmax(0).numpy() == 1
+        ious.append((pred & gt).sum() / (pred | gt).sum())
+    assert ious[0] > 0.99  # the given mask, exactly, at its own size
+    assert np.mean(ious[1:]) > 0.5 and np.mean(np.array(ious[1:]) > 0.3) > 0.8, np.round(ious, 2)
+
+
+def test_training_and_inference_paths_agree():
+    """The same frames and mask through the training cycle graph and through Propagator give the same
+    descriptors and logits: one per-frame step, one resampling."""
+    from vos.train.cycles import GT, CycleGraph, split_features
+
+    cfg = load_config(InferConfig, None, TINY)
+    torch.manual_seed(0)
+    model = HODOR(cfg.model).eval()
+    torch.manual_seed(1)
+    images = torch.rand(1, 3, 3, 64, 96)
+    mask = torch.zeros(1, 3, 1, 64, 96)
+    mask[0, 0, 0, 20:44, 30:60] = 1
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    with torch.no_grad():
+        g = CycleGraph(model, split_features(model, images), mask, valid, detach_masks=False)
+        n1 = ((GT,), 1)
+        n2 = ((GT, n1), 2)  # [0, 1] -> 2: what inference does at frame 2 with the anchor and window >= 2
+        train_desc = [g.desc(GT), g.desc(n1), g.desc(n2)]
+        train_logits = [g.logits(n1), g.logits(n2)]
+    p = Propagator(model, window=7, anchor_first=True)
+    inf_logits = []
+    for t in range(3):
+        p.step(images[0, t], {1: mask[0, 0, 0].numpy()} if t == 0 else None)
+        if t:
+            inf_logits.append(p.last.logits)
+    inf_desc = [e.desc for e in p.memory.entries()]
+    for a, b in zip(train_desc, inf_desc, strict=True):
+        torch.testing.assert_close(b, a[0], atol=1e-4, rtol=1e-4)
+    for a, b in zip(train_logits, inf_logits, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_model_gives_the_unfused_output(tmp_path):
+    cfg = load_config(InferConfig, None, TINY)
+    torch.manual_seed(0)
+    model = HODOR(cfg.model)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding them changes the weights
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "config": {"model": to_dict(cfg.model)}})
+    plain, fused = (load_model(path, torch.device("cpu"), fuse=f) for f in (False, True))
+    assert sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules()) < \
+        sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in plain.modules())
+    frames, masks = make_clip(3, n_frames=4, size=(64, 96), n_objects=2, late_objects=0)
+    outs = []
+    for m in (plain, fused):
+        p = Propagator(m, window=3)
+        outs.append([p.step(f, {k: (masks[0] == k).astype(np.float32) for k in (1, 2)} if t == 0 else None)[1]
+                     for t, f in enumerate(frames)])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_removing_an_object_mid_video(ckpt, clip_dir):
+    from vos.baselines import BASELINES, BaselineStepper
+    from vos.data import FrameFolder
+    from vos.inference import VideoSession
+
+    d, frames, masks, _ = clip_dir
+    p = Propagator(load_model(ckpt, torch.device("cpu")), window=3)
+    p.step(frames[0], {3: (masks[0] == 1).astype(np.float32), 7: (masks[0] == 2).astype(np.float32)})
+    p.step(frames[1])
+    p.remove_object(3)
+    assert p.object_ids == [7] and all(len(e.desc) == p.model.num_bg + 1 for e in p.memory.entries())
+    ids, probs = p.step(frames[2])
+    assert ids == [7] and probs.shape == (2, 72, 120)
+    with pytest.raises(VosError, match="not tracked"):
+        p.remove_object(3)
+    # the session API: an object removed at frame 5 is in the outputs before and absent after
+    session = VideoSession(lambda: BaselineStepper(BASELINES["copy"]()), FrameFolder(d / "frames"))
+    session.add_mask(0, masks[0])
+    session.remove_object(1, frame_index=5)
+    seen = {t: set(np.unique(probs_to_ids(ids, probs))) for t, ids, probs in session.propagate()}
+    assert 1 in seen[4] and 1 not in seen[5] and 1 not in seen[11]
+    session.remove_object(2)
+    assert all(2 not in p for p in session.prompts.values())
 
 
 def test_dataset_root_and_baselines(clip_dir, tmp_path):
@@ -132,6 +230,23 @@ def test_torchrun_shards_sequences(clip_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == list("abcd")
     assert r.stdout.count("wrote 8 frames") == 2  # two sequences of 4 frames per rank
+
+
+def test_torchrun_writes_one_youtubevos_zip_with_every_rank_s_sequences(clip_dir, tmp_path):
+    import zipfile
+
+    from vos.data.synthetic import write_youtubevos
+
+    _, frames, masks, _ = clip_dir
+    root = write_youtubevos(tmp_path / "yt", {n: (frames[:6], masks[:6]) for n in "abc"}, stride=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "infer.py"),
+                        "--dataset-root", str(root), "--layout", "youtubevos", "--split", "valid", "--out",
+                        str(tmp_path / "o"), "--method", "copy", "--youtubevos-zip", str(tmp_path / "sub.zip")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = zipfile.ZipFile(tmp_path / "sub.zip").namelist()
+    assert sorted({n.split("/")[1] for n in names}) == ["a", "b", "c"] and len(names) == 9
 
 
 def test_bad_inputs(ckpt, clip_dir, tmp_path, capsys):

@@ -286,3 +286,71 @@ def test_a_frozen_backbone_is_left_out_and_restored_from_its_package(tmp_path):
     no_source = train(cfg_for(tmp_path / "b", "optim.steps=1", "model.freeze_backbone=true"))
     with pytest.raises(CheckpointError, match="no backbone weights"):
         load_model(no_source, torch.device("cpu"))
+
+
+def _stub_forward(losses):
+    """A CycleModel.forward whose successive calls return the given loss values (tied to the weights)."""
+    calls = iter(losses)
+
+    def forward(self, batch, iteration):
+        tie = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0
+        loss = tie + next(calls)
+        return loss, {"0>0": loss}, {}
+    return forward
+
+
+def test_accumulation_checks_every_micro_batch_and_logs_the_mean(tmp_path, monkeypatch):
+    from vos.train.loop import Trainer
+
+    trainer = Trainer(cfg_for(tmp_path, "optim.batch_size=2", "optim.effective_batch=4", "optim.steps=4"))
+    assert trainer.accum == 2
+    batch = _batch(trainer.cfg)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    monkeypatch.setattr(CycleModel, "forward", _stub_forward([float("nan"), 1.0]))
+    with pytest.warns(UserWarning, match="step skipped"):
+        assert trainer.train_step([batch, batch]) is None  # NaN in the FIRST micro-batch: the whole step is skipped
+    assert trainer.skipped == 1 and trainer.step == 1
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items())
+    monkeypatch.setattr(CycleModel, "forward", _stub_forward([1.0, 3.0]))
+    logs = trainer.train_step([batch, batch])
+    assert float(logs["loss"]) == pytest.approx(2.0) and float(logs["loss/0>0"]) == pytest.approx(2.0)
+    monkeypatch.undo()
+    logs = trainer.train_step([batch, batch])  # real losses: the weights move
+    assert logs is not None and any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items()
+                                    if v.is_floating_point())
+
+
+def test_learning_rate_schedule(tmp_path):
+    from vos.train.loop import lr_factor
+
+    cfg = cfg_for(tmp_path, "optim.steps=110", "optim.warmup=10")
+    assert [lr_factor(s, cfg) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(60, cfg) == pytest.approx(0.5)
+    assert lr_factor(110, cfg) == pytest.approx(0.0, abs=1e-9)
+    step = cfg_for(tmp_path, "optim.schedule=step", "optim.warmup=0", "optim.step_milestones=[5,8]")
+    assert [lr_factor(s, step) for s in (4, 5, 8)] == pytest.approx([1.0, 0.1, 0.01])
+    # the trainer applies it: after 3 of 110 steps with warm-up 10, lr = base * 4/10
+    from vos.train.loop import Trainer
+
+    t = Trainer(cfg_for(tmp_path, "optim.steps=110", "optim.warmup=10", "optim.lr=1e-3"))
+    batch = _batch(t.cfg)
+    for _ in range(3):
+        t.train_step([batch])
+    assert t.sched.get_last_lr()[0] == pytest.approx(1e-3 * 0.4)
+
+
+def test_dense_and_sparse_clips_are_augmented_alike(tmp_path):
+    from vos.data.augment import AUGMENT, augment_for
+
+    assert AUGMENT["dense"] == AUGMENT["sparse"]
+    assert augment_for("sparse", "static") == AUGMENT["static"]
+    with pytest.raises(VosError, match="unknown augmentation"):
+        cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, regime: dense, augment: strong}]")
+        ClipDataset(cfg.data.sources, cfg.data.size, 1)
+    # same unit, same seed: the dense clip's images equal the sparse clip's (only supervision differs)
+    cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, regime: sparse, length: 2}]")
+    sparse = ClipDataset(cfg.data.sources, cfg.data.size, 1)[(0, 1, 11)]
+    cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, regime: dense, length: 2}]")
+    dense = ClipDataset(cfg.data.sources, cfg.data.size, 1)[(0, 1, 11)]
+    assert torch.equal(sparse["images"], dense["images"])
+    assert sparse["has_mask"].tolist() == [True, False, False] and dense["has_mask"].all()

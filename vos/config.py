@@ -162,6 +162,25 @@ class TrainConfig:
     device: str = "auto"
 
 
+# ------------------------------------------------------------------------------------------ experiments
+@dataclass
+class ExperimentConfig:
+    """One row of RESULTS.md: train (optional), segment a split, evaluate (`python -m vos.experiment FILE`)."""
+
+    description: str = ""
+    after: list[str] = field(default_factory=list)  # experiments (names under configs/experiments) run first
+    train: Optional[str] = None  # a training config; its run goes to runs/<experiment name>
+    train_overrides: list[str] = field(default_factory=list)
+    checkpoint: str = ""  # instead of training: a checkpoint path, or "runs/<name>" of an experiment in `after`
+    average: list[str] = field(default_factory=list)  # instead: the weight average of these experiments' runs
+    method: str = "hodor"  # hodor | copy | flow
+    infer_overrides: list[str] = field(default_factory=list)
+    data_root: str = DATA_ROOT
+    dataset: str = "davis2016"  # relative to data_root unless absolute
+    layout: str = "davis2016"
+    split: str = "dev"
+
+
 # ----------------------------------------------------------------------------------------------- loader
 def _fields(schema: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(schema)}

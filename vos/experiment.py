@@ -1,0 +1,127 @@
+"""Experiments as configs: `python -m vos.experiment configs/experiments/NAME.yaml [...]`.
+
+Each file is one row of RESULTS.md. The runner trains (resuming an interrupted run, skipping a finished one),
+segments the evaluation split with infer.py's runner, evaluates it with vos.eval, and writes
+results/experiments/NAME.txt (the command, the J&F table, per-video scores) and the row's figures into
+results/experiments.csv (one line per experiment, replaced when re-run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vos.config import CONFIG_DIR, ExperimentConfig, InferConfig, TrainConfig, data_path, load_config
+from vos.utils import VosError, atomic_path
+
+ROOT = CONFIG_DIR.parent
+RESULTS = ROOT / "results"
+
+
+def _experiment_file(name: str) -> Path:
+    p = Path(name)
+    return p if p.suffix in (".yaml", ".yml") else CONFIG_DIR / "experiments" / f"{name}.yaml"
+
+
+def _train(name: str, e) -> Path:
+    """The experiment's run checkpoint, trained (or resumed) to its last step."""
+    from vos.checkpoint import load_checkpoint
+    from vos.train.loop import train
+
+    cfg = load_config(TrainConfig, ROOT / e.train, list(e.train_overrides) + [f"out_dir=runs/{name}"])
+    ckpt = Path(cfg.out_dir) / "checkpoint.pt"
+    if ckpt.is_file() and int(load_checkpoint(ckpt)["step"]) >= cfg.optim.steps:
+        print(f"{name}: {ckpt} is complete; not training again")
+        return ckpt
+    return train(cfg, resume=str(ckpt) if ckpt.is_file() else None)
+
+
+def checkpoint_of(name: str, done: set[str] | None = None) -> Path | None:
+    """Run the experiments it depends on, then produce its checkpoint (None for baselines)."""
+    from vos.checkpoint import export
+
+    done = set() if done is None else done
+    e = load_config(ExperimentConfig, _experiment_file(name))
+    for dep in e.after:
+        if dep not in done:
+            checkpoint_of(dep, done)
+            done.add(dep)
+    if e.train:
+        return _train(name, e)
+    if e.average:
+        dst = Path("runs") / name / "average.pt"
+        export([str(checkpoint_of(d, done)) for d in e.average], str(dst))
+        return dst
+    if e.checkpoint:
+        p = Path(e.checkpoint)
+        if p.is_dir():
+            p = p / "checkpoint.pt"
+        if not p.is_file():
+            raise VosError(f"experiment {name}: checkpoint {p} not found (list the experiment that makes it in `after`)")
+        return p
+    return None
+
+
+def run(name: str) -> dict:
+    from vos.eval.davis import evaluate_dataset, format_table
+    from vos.inference.run import Runner, jobs_for_dataset
+
+    path = _experiment_file(name)
+    name = path.stem
+    e = load_config(ExperimentConfig, path)
+    ckpt = checkpoint_of(name)
+    dataset = data_path(e.data_root, e.dataset)
+    runner = Runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None)
+    out = Path("outputs") / "experiments" / name
+    frames = seconds = 0.0
+    for job in jobs_for_dataset(dataset, e.layout, e.split):
+        r = runner.run(job, out, progress=False)
+        frames, seconds = frames + r["frames"], seconds + r["seconds"]
+    table, rows = evaluate_dataset(dataset, e.layout, e.split, out)
+    jf = {r["Sequence"]: 50 * (r["J-Mean"] + r["F-Mean"]) for r in rows}
+    row = {"experiment": name, "J&F": 100 * table["J&F-Mean"], "J": 100 * table["J-Mean"], "F": 100 * table["F-Mean"],
+           "per-video J&F std": float(np.std(list(jf.values()))), "min video J&F": min(jf.values()),
+           "frames/s": frames / max(seconds, 1e-9), "date": datetime.date.today().isoformat()}
+    text = (f"python -m vos.experiment {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}\n"
+            f"{e.description}\ncheckpoint: {ckpt or e.method}; {int(frames)} frames at {row['frames/s']:.1f} frames/s\n\n"
+            f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
+    (RESULTS / "experiments").mkdir(parents=True, exist_ok=True)
+    with atomic_path(RESULTS / "experiments" / f"{name}.txt") as tmp:
+        tmp.write_text(text)
+    _record(row)
+    print(text)
+    return row
+
+
+def _record(row: dict) -> None:
+    table = RESULTS / "experiments.csv"
+    rows = list(csv.DictReader(table.open())) if table.is_file() else []
+    rows = [r for r in rows if r["experiment"] != row["experiment"]] + [
+        {k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in row.items()}]
+    with atomic_path(table) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: r["experiment"]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vos.experiment", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiments", nargs="+", help="experiment YAMLs (or names under configs/experiments/)")
+    a = ap.parse_args(argv)
+    try:
+        for name in a.experiments:
+            run(name)
+    except VosError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
