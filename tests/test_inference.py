@@ -249,6 +249,16 @@ def test_torchrun_writes_one_youtubevos_zip_with_every_rank_s_sequences(clip_dir
     assert sorted({n.split("/")[1] for n in names}) == ["a", "b", "c"] and len(names) == 9
 
 
+def test_a_corrupt_video_prints_only_our_error(ckpt, clip_dir, tmp_path, capfd):
+    d = clip_dir[0]
+    trunc = tmp_path / "trunc.mp4"
+    trunc.write_bytes((d / "clip.mp4").read_bytes()[:300])
+    assert run("--input", trunc, "--mask", d / "masks" / "00000.png", "--out", tmp_path / "o", "--checkpoint", ckpt) == 2
+    err = capfd.readouterr().err
+    assert "cannot open video" in err and "truncated or corrupt" in err
+    assert "video_reader.cc" not in err and "moov atom" not in err, err
+
+
 def test_bad_inputs(ckpt, clip_dir, tmp_path, capsys):
     d, frames, masks, _ = clip_dir
     m0 = d / "masks" / "00000.png"
@@ -268,6 +278,7 @@ def test_bad_inputs(ckpt, clip_dir, tmp_path, capsys):
     (corrupt / "00004.jpg").write_bytes(b"\xff\xd8garbage")
     fails("--input", corrupt, "--mask", m0, "--out", tmp_path / "o", "--checkpoint", ckpt, match="00004.jpg")
     assert not (tmp_path / "o" / "corrupt" / "00004.png").exists()
+    assert sorted(p.name for p in (tmp_path / "o" / "corrupt").glob("*.png")) == [f"{t:05d}.png" for t in range(4)]
     big = tmp_path / "big.png"
     write_mask(big, np.pad(read_mask(m0)[0], 10))
     fails("--input", d / "frames", "--mask", big, "--out", tmp_path / "o", "--checkpoint", ckpt,

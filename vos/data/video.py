@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vos.data.images import IMAGE_EXTS, list_images, read_image
-from vos.utils import VosError
+from vos.utils import VosError, quiet_stderr
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -74,10 +74,12 @@ class VideoFile(FrameSource):
         import decord
 
         try:
-            return decord.VideoReader(str(self.path), ctx=decord.cpu(0), width=width or -1, height=height or -1,
-                                      num_threads=1)
+            with quiet_stderr():  # decord prints its own C++ log line before raising; our error says it better
+                return decord.VideoReader(str(self.path), ctx=decord.cpu(0), width=width or -1, height=height or -1,
+                                          num_threads=1)
         except Exception as e:
-            raise FrameError(f"cannot open video {self.path}: {e}") from None
+            raise FrameError(f"cannot open video {self.path}: not a video FFmpeg can read, or truncated or corrupt "
+                             f"({str(e).splitlines()[0][:200]})") from None
 
     def __getstate__(self):
         return {**self.__dict__, "_reader": None}
