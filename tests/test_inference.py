@@ -335,3 +335,34 @@ def test_youtubevos_dataset_and_submission_zip(clip_dir, tmp_path):
     assert names == [f"Annotations/v/{t:05d}.png" for t in range(0, 12, 2)]
     late = read_mask(tmp_path / "o" / "v" / f"{max(int(n[-9:-4]) for n in names):05d}.png")[0]
     assert set(np.unique(late)) == {0, 1, 2, 3}  # the late object was picked up from its sparse annotation
+
+
+def test_start_from_a_box_or_clicks(ckpt, tmp_path, capsys):
+    from vos.inference.prompts import mask_from_prompts
+
+    frames, masks = make_clip(5, n_frames=6, size=(144, 240), n_objects=2, late_objects=0)
+    d = tmp_path / "in"
+    d.mkdir()
+    write_mp4(d / "clip.mp4", frames, fps=12)
+    boxes = []
+    for k in (1, 2):
+        ys, xs = np.nonzero(masks[0] == k)
+        boxes.append(f"{xs.min()},{ys.min()},{xs.max() + 1},{ys.max() + 1}")
+    assert run("--input", d / "clip.mp4", "--box", boxes[0], "--box", boxes[1], "--out", tmp_path,
+               "--checkpoint", ckpt) == 0
+    prompt, _ = read_mask(tmp_path / "clip_prompt_00000.png")  # saved beside the outputs, for the user to inspect
+    for k in (1, 2):
+        iou = ((prompt == k) & (masks[0] == k)).sum() / ((prompt == k) | (masks[0] == k)).sum()
+        assert iou > 0.6, (k, iou)
+    assert len(list((tmp_path / "clip").glob("*.png"))) == len(frames)
+    # clicks alone seed an object; a negative click inside the box removes what is around it
+    ys, xs = np.nonzero(masks[0] == 1)
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    assert (mask_from_prompts(frames[0], points=[(cx, cy, 1)])[cy, cx]) == 1
+    with pytest.warns(UserWarning, match="ellipse"):  # a flat box: GrabCut has nothing to separate
+        ellipse = mask_from_prompts(np.full((60, 80, 3), 128, np.uint8), [(20, 10, 60, 50)])
+    assert ellipse[30, 40] == 1 and ellipse[11, 21] == 0 and ellipse[0, 0] == 0
+    for bad, match in ((["--box", "1,2,3"], "x0,y0,x1,y1"), (["--box", "5,5,2,2"], "greater"),
+                       (["--points", "3,4,7"], "label 0 or 1"), (["--box", boxes[0], "--box-frame", "99"], "outside")):
+        assert run("--input", d / "clip.mp4", *bad, "--out", tmp_path / "bad", "--checkpoint", ckpt) == 2
+        assert match in capsys.readouterr().err

@@ -174,6 +174,9 @@ class ExperimentConfig:
     checkpoint: str = ""  # instead of training: a checkpoint path, or "runs/<name>" of an experiment in `after`
     average: list[str] = field(default_factory=list)  # instead: the weight average of these experiments' runs
     method: str = "hodor"  # hodor | copy | flow
+    # mask: the dataset's first-frame annotation; box: a GrabCut mask from the annotation's bounding box
+    # (what `infer.py --box` does), as a user without a mask file would start
+    prompt: str = "mask"
     infer_overrides: list[str] = field(default_factory=list)
     data_root: str = DATA_ROOT
     dataset: str = "davis2016"  # relative to data_root unless absolute

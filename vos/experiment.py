@@ -79,7 +79,12 @@ def run(name: str) -> dict:
     runner = Runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None)
     out = Path("outputs") / "experiments" / name
     frames = seconds = 0.0
+    prompt_ious = []
     for job in jobs_for_dataset(dataset, e.layout, e.split):
+        if e.prompt == "box":
+            prompt_ious.append(_box_prompt(job, out / "_prompts"))
+        elif e.prompt != "mask":
+            raise VosError(f"experiment {name}: prompt must be mask or box, not '{e.prompt}'")
         r = runner.run(job, out, progress=False)
         frames, seconds = frames + r["frames"], seconds + r["seconds"]
     table, rows = evaluate_dataset(dataset, e.layout, e.split, out)
@@ -90,6 +95,10 @@ def run(name: str) -> dict:
     text = (f"python -m vos.experiment {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}\n"
             f"{e.description}\ncheckpoint: {ckpt or e.method}; {int(frames)} frames at {row['frames/s']:.1f} frames/s\n\n"
             f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
+    if prompt_ious:
+        row["first-mask IoU"] = 100 * float(np.mean(prompt_ious))
+        text += "first-mask IoU (box -> GrabCut vs ground truth): " + ", ".join(f"{100 * v:.1f}" for v in prompt_ious) \
+            + f"; mean {row['first-mask IoU']:.1f}\n"
     (RESULTS / "experiments").mkdir(parents=True, exist_ok=True)
     with atomic_path(RESULTS / "experiments" / f"{name}.txt") as tmp:
         tmp.write_text(text)
@@ -98,13 +107,36 @@ def run(name: str) -> dict:
     return row
 
 
+def _box_prompt(job, folder: Path) -> float:
+    """Replace the job's first mask by the GrabCut mask of each object's bounding box; returns its IoU with
+    the annotation (all objects together)."""
+    from vos.data import open_frames, read_mask, write_mask
+    from vos.inference.prompts import mask_from_prompts
+
+    (name, path), = list(job.prompts.items())[:1]
+    gt, _ = read_mask(path, binary_255_is_object=job.binary_255)
+    frames = open_frames(job.frames_path)
+    boxes = []
+    for k in sorted(set(np.unique(gt)) - {0, 255}):
+        ys, xs = np.nonzero(gt == k)
+        boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    ids = mask_from_prompts(frames[frames.names.index(name) if name else 0], boxes)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_mask(folder / f"{job.name}.png", ids)
+    job.prompts = {name: folder / f"{job.name}.png"}
+    job.binary_255 = False
+    fg, pred = (gt > 0) & (gt != 255), ids > 0
+    return float((fg & pred).sum() / max(1, (fg | pred).sum()))
+
+
 def _record(row: dict) -> None:
     table = RESULTS / "experiments.csv"
     rows = list(csv.DictReader(table.open())) if table.is_file() else []
     rows = [r for r in rows if r["experiment"] != row["experiment"]] + [
         {k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in row.items()}]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_path(table) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(row))
+        w = csv.DictWriter(fh, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(sorted(rows, key=lambda r: r["experiment"]))
 

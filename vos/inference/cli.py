@@ -4,6 +4,7 @@ USAGE = """Segment every frame of a video from one annotated frame.
 
   python infer.py --input video.mp4 --mask first_frame.png --out outputs/ [--overlay]
   python infer.py --input frames/ --masks sparse_masks/ --out outputs/
+  python infer.py --input video.mp4 --box 120,40,380,300 [--box ...] [--box-frame 0] --out outputs/ --overlay
   python infer.py --dataset-root DAVIS --layout davis2017 --split val --out outputs/
   torchrun --nproc_per_node 2 infer.py --dataset-root ... (sequences are sharded across processes)
 
@@ -26,6 +27,11 @@ def main(argv=None) -> int:
     src.add_argument("--mask", help="mask PNG of the annotated frame (frame 0 unless --mask-frame)")
     src.add_argument("--mask-frame", help="frame name the --mask belongs to (e.g. 00010)")
     src.add_argument("--masks", help="folder of sparse mask PNGs named like their frames")
+    src.add_argument("--box", action="append", help="x0,y0,x1,y1: no mask file, an object in this box (GrabCut); "
+                     "repeat for several objects (ids 1, 2, ...)")
+    src.add_argument("--points", nargs="+", metavar="X,Y[,LABEL]",
+                     help="clicks: label 1 (default) = object, 0 = not; refine one --box, or seed an object alone")
+    src.add_argument("--box-frame", type=int, default=0, help="index of the frame the --box/--points are on")
     src.add_argument("--dataset-root", help="a DAVIS-2016/2017 or YouTube-VOS root: run every sequence of --split")
     src.add_argument("--layout", choices=["davis2016", "davis2017", "youtubevos"], default="davis2017")
     src.add_argument("--split", default="val")
@@ -44,6 +50,11 @@ def main(argv=None) -> int:
         cfg = load_config(InferConfig, a.config, a.overrides)
         if bool(a.input) == bool(a.dataset_root):
             raise VosError("give exactly one of --input (a video or frame folder) or --dataset-root")
+        if (a.box or a.points) and a.input:  # build the first mask, save it beside the outputs, use it
+            from vos.inference.run import prompt_mask_from_clicks
+
+            a.mask, a.mask_frame = prompt_mask_from_clicks(a.input, a.box or [], a.points or [], a.box_frame, a.out)
+            print(f"first mask from the box/clicks: {a.mask} (inspect or correct it, then pass it as --mask)")
         jobs = (jobs_for_dataset(a.dataset_root, a.layout, a.split) if a.dataset_root
                 else jobs_for_input(a.input, a.mask, a.mask_frame, a.masks))
         runner = Runner(cfg, a.method, a.checkpoint)

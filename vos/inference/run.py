@@ -53,6 +53,24 @@ def jobs_for_input(input_path: str, mask: str | None, mask_frame: str | None, ma
     return [Job(p.stem if p.is_file() else p.name, p, prompts)]
 
 
+def prompt_mask_from_clicks(input_path: str, boxes: list[str], points: list[str], frame_index: int,
+                            out_dir: str) -> tuple[str, str]:
+    """Build the first mask from --box/--points on one frame (GrabCut), write it as <out>/<name>_prompt_<frame>.png;
+    returns (mask path, frame name) for jobs_for_input."""
+    from vos.data import write_mask
+    from vos.inference.prompts import mask_from_prompts, parse_box, parse_point
+
+    frames = open_frames(input_path)
+    if not 0 <= frame_index < len(frames):
+        raise VosError(f"--box-frame {frame_index} outside the video (0..{len(frames) - 1})")
+    ids = mask_from_prompts(frames[frame_index], [parse_box(b) for b in boxes], [parse_point(q) for q in points])
+    name = Path(input_path).stem if Path(input_path).is_file() else Path(input_path).name
+    path = Path(out_dir) / f"{name}_prompt_{frames.names[frame_index]}.png"
+    _writable(path.parent)
+    write_mask(path, ids)
+    return str(path), frames.names[frame_index]
+
+
 def jobs_for_dataset(root: str, layout: str, split: str) -> list[Job]:
     jobs = []
     for s in list_sequences(root, layout, split):
