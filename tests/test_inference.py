@@ -366,3 +366,25 @@ def test_start_from_a_box_or_clicks(ckpt, tmp_path, capsys):
                        (["--points", "3,4,7"], "label 0 or 1"), (["--box", boxes[0], "--box-frame", "99"], "outside")):
         assert run("--input", d / "clip.mp4", *bad, "--out", tmp_path / "bad", "--checkpoint", ckpt) == 2
         assert match in capsys.readouterr().err
+
+
+def test_backward_propagation_from_a_late_annotation_on_real_video(shared_data, tmp_path):
+    """bear given only at frame 40: frames 0-39 come from propagating backwards (mp4 input, decoded in chunks)."""
+    from vos.data import VideoFile, list_sequences
+    from vos.inference.run import Job, Runner
+
+    seq = next(s for s in list_sequences(shared_data / "davis2016", "davis2016", "dev") if s.name == "bear")
+    video = VideoFile(shared_data / "videos" / "bear.mp4", short_side=160)
+    assert [i for i, _ in video.backwards(20, chunk=8)] == list(range(20, -1, -1))
+    assert all(np.array_equal(f, video[i]) for i, f in video.backwards(9, chunk=4) if i in (9, 6, 0))
+    runner = Runner(load_config(InferConfig, None, ["short_side=160"]))
+    job = Job("bear", shared_data / "videos" / "bear.mp4", {"00040": seq.annotations[40]}, binary_255=True)
+    r = runner.run(job, tmp_path, overlay_mp4=True, progress=False)
+    assert r["frames"] == len(seq.frame_names)
+    ious = []
+    for t in range(40):
+        gt = seq.read_mask(t)[0] > 0
+        pred = read_mask(tmp_path / "bear" / f"{t:05d}.png")[0] > 0
+        ious.append((gt & pred).sum() / (gt | pred).sum())
+    assert np.mean(ious) >= 0.7, np.round(ious, 2)
+    assert len(VideoFile(tmp_path / "bear_overlay.mp4")) == len(seq.frame_names)

@@ -177,6 +177,7 @@ class ExperimentConfig:
     # mask: the dataset's first-frame annotation; box: a GrabCut mask from the annotation's bounding box
     # (what `infer.py --box` does), as a user without a mask file would start
     prompt: str = "mask"
+    prompt_frame: int = 0  # start from the annotation of this frame (index) instead of the first one
     infer_overrides: list[str] = field(default_factory=list)
     data_root: str = DATA_ROOT
     dataset: str = "davis2016"  # relative to data_root unless absolute

@@ -80,7 +80,10 @@ def run(name: str) -> dict:
     out = Path("outputs") / "experiments" / name
     frames = seconds = 0.0
     prompt_ious = []
-    for job in jobs_for_dataset(dataset, e.layout, e.split):
+    jobs = jobs_for_dataset(dataset, e.layout, e.split)
+    if e.prompt_frame:
+        _move_prompts(jobs, dataset, e)
+    for job in jobs:
         if e.prompt == "box":
             prompt_ious.append(_box_prompt(job, out / "_prompts"))
         elif e.prompt != "mask":
@@ -95,6 +98,12 @@ def run(name: str) -> dict:
     text = (f"python -m vos.experiment {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}\n"
             f"{e.description}\ncheckpoint: {ckpt or e.method}; {int(frames)} frames at {row['frames/s']:.1f} frames/s\n\n"
             f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
+    if e.prompt_frame:
+        before = _iou_before(jobs, dataset, e, out)
+        row["IoU before the annotation"] = 100 * float(np.mean(list(before.values())))
+        text += (f"mean IoU over the frames before the annotated frame {e.prompt_frame}: "
+                 + ", ".join(f"{k} {100 * v:.1f}" for k, v in before.items())
+                 + f"; mean {row['IoU before the annotation']:.1f}\n")
     if prompt_ious:
         row["first-mask IoU"] = 100 * float(np.mean(prompt_ious))
         text += "first-mask IoU (box -> GrabCut vs ground truth): " + ", ".join(f"{100 * v:.1f}" for v in prompt_ious) \
@@ -105,6 +114,35 @@ def run(name: str) -> dict:
     _record(row)
     print(text)
     return row
+
+
+def _move_prompts(jobs: list, dataset: str, e) -> None:
+    """Start each job from the annotation of frame e.prompt_frame instead of its first annotation."""
+    from vos.data import list_sequences
+
+    seqs = {s.name: s for s in list_sequences(dataset, e.layout, e.split)}
+    for job in jobs:
+        s = seqs[job.name]
+        if e.prompt_frame not in s.annotations:
+            raise VosError(f"{job.name} has no annotation at frame {e.prompt_frame}")
+        job.prompts = {s.frame_names[e.prompt_frame]: s.annotations[e.prompt_frame]}
+
+
+def _iou_before(jobs: list, dataset: str, e, out: Path) -> dict[str, float]:
+    """Per video: mean IoU (all objects as foreground) over the frames before the annotated one."""
+    from vos.data import list_sequences, read_mask
+
+    seqs = {s.name: s for s in list_sequences(dataset, e.layout, e.split)}
+    result = {}
+    for job in jobs:
+        s, ious = seqs[job.name], []
+        for t in range(e.prompt_frame):
+            gt = s.read_mask(t)[0]
+            pred = read_mask(out / job.name / f"{s.frame_names[t]}.png")[0] > 0
+            fg = (gt > 0) & (gt != 255)
+            ious.append((fg & pred).sum() / (fg | pred).sum() if (fg | pred).any() else 1.0)
+        result[job.name] = float(np.mean(ious))
+    return result
 
 
 def _box_prompt(job, folder: Path) -> float:

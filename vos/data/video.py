@@ -44,6 +44,11 @@ class FrameSource:
         for i in range(len(self)):
             yield self[i]
 
+    def backwards(self, start: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, frame) from `start` down to 0."""
+        for i in range(start, -1, -1):
+            yield i, self[i]
+
 
 class VideoFile(FrameSource):
     """A video file read through decord2. The reader opens lazily, in the process that first reads a frame:
@@ -92,6 +97,21 @@ class VideoFile(FrameSource):
             return self._reader[i].asnumpy()
         except Exception as e:
             raise FrameError(f"cannot decode frame {i} of {self.path}: {e}") from None
+
+
+    def backwards(self, start: int, chunk: int = 16) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, frame) from `start` down to 0, decoded forwards in chunks of `chunk` frames: seeking back one
+        frame at a time would decode a whole group of pictures per frame. Holds at most one chunk."""
+        for hi in range(start, -1, -chunk):
+            lo = max(0, hi - chunk + 1)
+            if self._reader is None:
+                self[lo]
+            try:
+                batch = self._reader.get_batch(list(range(lo, hi + 1))).asnumpy()
+            except Exception as e:
+                raise FrameError(f"cannot decode frames {lo}-{hi} of {self.path}: {e}") from None
+            for i in range(hi, lo - 1, -1):
+                yield i, batch[i - lo]
 
 
 class FrameFolder(FrameSource):

@@ -133,8 +133,11 @@ class Runner:
 
     def run(self, job: Job, out_dir: Path, overlay_mp4: bool = False, save_probs: bool = False,
             progress: bool = True) -> dict:
+        """Segment every frame: backwards from the first annotated frame to frame 0 when it is not frame 0, then
+        forwards from it to the end (later annotations join or correct the forward pass as their frames come)."""
         session, palette = self.session(job)
         frames = session.frames
+        first = min(session.prompts)
         seq_dir = out_dir / job.name
         _writable(seq_dir)
         t0, n = time.time(), 0
@@ -142,18 +145,29 @@ class Runner:
             writers = [PngWriter(seq_dir, frames.names, palette)]
             if save_probs:
                 writers.append(ProbsWriter(out_dir / f"{job.name}_probs", frames.names))
-            if overlay_mp4:
-                native = open_frames(job.frames_path) if frames.size != frames.native_size else frames
-                writers.append(stack.enter_context(OverlayWriter(out_dir / f"{job.name}_overlay.mp4", native, palette)))
-            bar = stack.enter_context(tqdm(total=len(frames) - min(session.prompts), desc=job.name,
-                                           disable=not progress, unit="frame"))
-            for t, obj_ids, probs in session.propagate():
+            bar = stack.enter_context(tqdm(total=len(frames), desc=job.name, disable=not progress, unit="frame"))
+
+            def write(writers, t, obj_ids, probs):
+                nonlocal n
                 ids = probs_to_ids(obj_ids, probs)
                 for w in writers:
                     w.write(t, ids, obj_ids, probs)
                 n += 1
                 bar.update(1)
                 bar.set_postfix(fps=f"{n / (time.time() - t0):.1f}")
+
+            if first > 0:
+                for t, obj_ids, probs in session.propagate(reverse=True):
+                    if t < first:  # the annotated frame itself comes from the forward pass
+                        write(writers, t, obj_ids, probs)
+            if overlay_mp4:  # in time order: the frames before the annotation are read back from their PNGs
+                native = open_frames(job.frames_path) if frames.size != frames.native_size else frames
+                ov = stack.enter_context(OverlayWriter(out_dir / f"{job.name}_overlay.mp4", native, palette))
+                for t in range(first):
+                    ov.write_ids(t, read_mask(seq_dir / f"{frames.names[t]}.png")[0])
+                writers.append(ov)
+            for t, obj_ids, probs in session.propagate():
+                write(writers, t, obj_ids, probs)
         return {"frames": n, "seconds": time.time() - t0}
 
 

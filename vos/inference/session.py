@@ -66,16 +66,23 @@ class VideoSession:
                 if not self.prompts[t]:
                     del self.prompts[t]
 
-    def propagate(self, start: int | None = None) -> Iterator[tuple[int, list[int], torch.Tensor]]:
-        """Yield (frame index, object ids, probabilities (1 + n, H, W) at out_size) from the first prompted frame
-        (or `start`) to the end. Frames before the first prompt get no output."""
+    def propagate(self, start: int | None = None, reverse: bool = False) -> Iterator[tuple[int, list[int], torch.Tensor]]:
+        """Yield (frame index, object ids, probabilities (1 + n, H, W) at out_size), one frame at a time.
+
+        Forward (default): from `start` (default: the first prompted frame) to the last frame; prompts are used
+        as their frames come (new objects join, re-given ones are corrected). reverse=True: from `start` (default:
+        the first prompted frame) back to frame 0, the same way in the other direction (SAM 2's
+        propagate_in_video(reverse=True)); together the two passes cover a video annotated mid-way.
+        """
         if not self.prompts:
             raise VosError("add a mask for at least one frame before propagating")
         stepper = self.make_stepper()
         first = min(self.prompts) if start is None else start
-        for t in range(first, len(self.frames)):
-            for obj in self.removals.get(t, ()):
-                if obj in stepper.object_ids:
-                    stepper.remove_object(obj)
-            ids, probs = stepper.step(self.frames[t], self.prompts.get(t), out_size=self.out_size)
+        frames = self.frames.backwards(first) if reverse else ((t, self.frames[t]) for t in range(first, len(self.frames)))
+        for t, frame in frames:
+            if not reverse:  # removals are "from this frame on"
+                for obj in self.removals.get(t, ()):
+                    if obj in stepper.object_ids:
+                        stepper.remove_object(obj)
+            ids, probs = stepper.step(frame, self.prompts.get(t), out_size=self.out_size)
             yield t, ids, probs

@@ -54,4 +54,7 @@ class OverlayWriter(Mp4Writer):
         self.frames, self.palette = frames, palette
 
     def write(self, t: int, ids: np.ndarray, object_ids: list[int], probs: torch.Tensor) -> None:  # type: ignore[override]
+        self.write_ids(t, ids)
+
+    def write_ids(self, t: int, ids: np.ndarray) -> None:
         super().write(overlay(self.frames[t], ids, self.palette))
