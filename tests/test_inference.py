@@ -388,3 +388,32 @@ def test_backward_propagation_from_a_late_annotation_on_real_video(shared_data, 
         ious.append((gt & pred).sum() / (gt | pred).sum())
     assert np.mean(ious) >= 0.7, np.round(ious, 2)
     assert len(VideoFile(tmp_path / "bear_overlay.mp4")) == len(seq.frame_names)
+
+
+def test_test_time_adaptation_leaves_the_model_and_is_deterministic(ckpt, clip_dir, tmp_path):
+    from vos.config import AdaptConfig
+    from vos.data import FrameFolder
+    from vos.inference import VideoSession
+    from vos.train.adapt import adapt
+
+    d, frames, masks, _ = clip_dir
+    model = load_model(ckpt, torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    session = VideoSession(None, FrameFolder(d / "frames"))
+    session.add_mask(0, masks[0])
+    cfg = AdaptConfig(steps=2, batch_size=2, size=64, seed=3)
+    a, _ = adapt(model, session.frames, session.prompts, cfg)
+    b, _ = adapt(model, session.frames, session.prompts, cfg)
+    c, _ = adapt(model, session.frames, session.prompts, AdaptConfig(steps=2, batch_size=2, size=64, seed=4))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the loaded model is untouched
+    wa, wb, wc = (m.state_dict() for m in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
+    assert any(not torch.equal(wa[k], v) for k, v in before.items() if v.is_floating_point())  # it did train
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+    heads, _ = adapt(model, session.frames, session.prompts, AdaptConfig(steps=1, size=64, train="heads"))
+    wh = heads.state_dict()
+    assert all(torch.equal(wh[k], v) for k, v in before.items() if k.startswith(("backbone.", "fpn.")))
+    # through infer.py (config override) on an mp4
+    assert run("--input", d / "clip.mp4", "--mask", d / "masks" / "00000.png", "--out", tmp_path, "--checkpoint",
+               ckpt, "adapt.steps=2", "adapt.size=64") == 0
+    assert len(list((tmp_path / "clip").glob("*.png"))) == len(frames)

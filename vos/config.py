@@ -62,6 +62,19 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------------- inference
 @dataclass
+class AdaptConfig:
+    """Test-time adaptation: fine-tune a copy of the model on the given frame(s) of the video before propagating."""
+
+    steps: int = 0  # 0 = off
+    lr: float = 1e-4
+    batch_size: int = 2
+    size: int = 288  # square training crops at the internal resolution
+    static_weight: float = 0.5  # pseudo-clips of the given frame; the rest: cycles over the video's other frames
+    seed: int = 0
+    train: str = "all"  # all | heads (encoder, decoder and mask head; backbone and FPN stay fixed)
+
+
+@dataclass
 class InferConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     window: int = 7  # W: past frames whose descriptors the decoder attends to
@@ -69,6 +82,7 @@ class InferConfig:
     short_side: int = 288  # internal resolution (shorter image side); 0 = native resolution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
+    adapt: AdaptConfig = field(default_factory=lambda: AdaptConfig())
 
 
 # -------------------------------------------------------------------------------------------- training

@@ -78,7 +78,7 @@ def run(name: str) -> dict:
     dataset = data_path(e.data_root, e.dataset)
     runner = Runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None)
     out = Path("outputs") / "experiments" / name
-    frames = seconds = 0.0
+    frames = seconds = adapt_seconds = 0.0
     prompt_ious = []
     jobs = jobs_for_dataset(dataset, e.layout, e.split)
     if e.prompt_frame:
@@ -89,14 +89,16 @@ def run(name: str) -> dict:
         elif e.prompt != "mask":
             raise VosError(f"experiment {name}: prompt must be mask or box, not '{e.prompt}'")
         r = runner.run(job, out, progress=False)
-        frames, seconds = frames + r["frames"], seconds + r["seconds"]
+        frames, seconds, adapt_seconds = frames + r["frames"], seconds + r["seconds"], adapt_seconds + r["adapt_seconds"]
     table, rows = evaluate_dataset(dataset, e.layout, e.split, out)
     jf = {r["Sequence"]: 50 * (r["J-Mean"] + r["F-Mean"]) for r in rows}
     row = {"experiment": name, "J&F": 100 * table["J&F-Mean"], "J": 100 * table["J-Mean"], "F": 100 * table["F-Mean"],
            "per-video J&F std": float(np.std(list(jf.values()))), "min video J&F": min(jf.values()),
-           "frames/s": frames / max(seconds, 1e-9), "date": datetime.date.today().isoformat()}
+           "frames/s": frames / max(seconds, 1e-9), "s/video": seconds / len(jobs),
+           "adapt s/video": adapt_seconds / len(jobs), "date": datetime.date.today().isoformat()}
     text = (f"python -m vos.experiment {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}\n"
-            f"{e.description}\ncheckpoint: {ckpt or e.method}; {int(frames)} frames at {row['frames/s']:.1f} frames/s\n\n"
+            f"{e.description}\ncheckpoint: {ckpt or e.method}; {int(frames)} frames at {row['frames/s']:.1f} frames/s; "
+            f"{row['s/video']:.1f} s per video (of which adaptation {row['adapt s/video']:.1f} s)\n\n"
             f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
     if e.prompt_frame:
         before = _iou_before(jobs, dataset, e, out)

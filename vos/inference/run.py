@@ -111,10 +111,21 @@ class Runner:
         elif method not in BASELINES:
             raise VosError(f"unknown --method {method}; choose hodor, {', '.join(BASELINES)}")
 
-    def stepper(self):
+    def stepper(self, model: HODOR | None = None):
         if self.method == "hodor":
-            return Propagator(self.model, self.cfg.window, self.cfg.anchor_first, self.cfg.amp)
+            return Propagator(model or self.model, self.cfg.window, self.cfg.anchor_first, self.cfg.amp)
         return BaselineStepper(BASELINES[self.method]())
+
+    def adapt(self, session: VideoSession) -> float:
+        """With adapt.steps > 0: fine-tune a copy of the model on the session's prompts and let the session use
+        it (the loaded model is untouched). Returns the seconds spent."""
+        if self.method != "hodor" or self.cfg.adapt.steps <= 0:
+            return 0.0
+        from vos.train.adapt import adapt
+
+        tuned, seconds = adapt(self.model, session.frames, session.prompts, self.cfg.adapt)
+        session.make_stepper = lambda: self.stepper(tuned)
+        return seconds
 
     def session(self, job: Job) -> tuple[VideoSession, "numpy.ndarray"]:  # noqa: F821
         """A session with the job's prompts added, and the palette of its first mask."""
@@ -135,12 +146,14 @@ class Runner:
             progress: bool = True) -> dict:
         """Segment every frame: backwards from the first annotated frame to frame 0 when it is not frame 0, then
         forwards from it to the end (later annotations join or correct the forward pass as their frames come)."""
+        t0 = time.time()
         session, palette = self.session(job)
+        adapt_seconds = self.adapt(session)
         frames = session.frames
         first = min(session.prompts)
         seq_dir = out_dir / job.name
         _writable(seq_dir)
-        t0, n = time.time(), 0
+        n = 0
         with contextlib.ExitStack() as stack:
             writers = [PngWriter(seq_dir, frames.names, palette)]
             if save_probs:
@@ -168,7 +181,7 @@ class Runner:
                 writers.append(ov)
             for t, obj_ids, probs in session.propagate():
                 write(writers, t, obj_ids, probs)
-        return {"frames": n, "seconds": time.time() - t0}
+        return {"frames": n, "seconds": time.time() - t0, "adapt_seconds": adapt_seconds}
 
 
 def shard(jobs: list[Job]) -> list[Job]:
