@@ -1,8 +1,9 @@
-"""The README's first command: segment a generated sample video with the bundled default model.
+"""The README's first command: segment a real clip shipped with the repository, starting from two boxes.
 
-Writes outputs/demo/sample.mp4 (a synthetic clip the repository may ship), its first-frame mask
-outputs/demo/sample_00000.png, the per-frame masks outputs/demo/masks/sample/*.png and the overlay
-outputs/demo/masks/sample_overlay.mp4, plus one overlay frame as outputs/demo/overlay_frame.png.
+examples/bedroom.mp4 (200 frames, 960x540, from the SAM 2 repository, Apache-2.0): two children jumping on
+a bed. The first mask is built from a box around each child on frame 0 (GrabCut), then propagated with the
+bundled model. Writes outputs/demo/masks/bedroom/*.png, outputs/demo/masks/bedroom_overlay.mp4, the first
+mask outputs/demo/masks/bedroom_prompt_00000.png and a strip of overlay frames outputs/demo/overlay_strip.png.
 """
 
 from __future__ import annotations
@@ -13,23 +14,29 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+CLIP = Path(__file__).resolve().parents[1] / "examples" / "bedroom.mp4"
+BOXES = ["300,0,525,400", "140,130,300,410"]  # the girl (object 1) and the boy (object 2) on frame 0
+
+
+def strip(video: Path, out: Path, frames=(0, 60, 120, 199), width: int = 320) -> None:
+    from vos.data import VideoFile
+
+    v = VideoFile(video)
+    h = round(width * v.native_size[0] / v.native_size[1])
+    Image.fromarray(np.concatenate([np.asarray(Image.fromarray(v[i]).resize((width, h), Image.BILINEAR))
+                                    for i in frames if i < len(v)], 1)).save(out)
+
 
 def main(out: str = "outputs/demo") -> int:
     from vos.inference.cli import main as infer_main
-    from vos.data import VideoFile, write_mask
-    from vos.data.synthetic import make_clip, write_mp4
 
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frames, masks = make_clip(2024, n_frames=48, size=(480, 854), n_objects=3, late_objects=0)
-    write_mp4(out_dir / "sample.mp4", frames, fps=24)
-    write_mask(out_dir / "sample_00000.png", masks[0])
-    code = infer_main(["--input", str(out_dir / "sample.mp4"), "--mask", str(out_dir / "sample_00000.png"),
-                       "--out", str(out_dir / "masks"), "--overlay"])
+    boxes = [a for b in BOXES for a in ("--box", b)]
+    code = infer_main(["--input", str(CLIP), *boxes, "--out", str(out_dir / "masks"), "--overlay"])
     if code == 0:
-        overlay = VideoFile(out_dir / "masks" / "sample_overlay.mp4")
-        Image.fromarray(np.asarray(overlay[len(overlay) * 3 // 4])).save(out_dir / "overlay_frame.png")
-        print(f"overlay video: {out_dir / 'masks' / 'sample_overlay.mp4'}; a frame: {out_dir / 'overlay_frame.png'}")
+        strip(out_dir / "masks" / "bedroom_overlay.mp4", out_dir / "overlay_strip.png")
+        print(f"overlay video: {out_dir / 'masks' / 'bedroom_overlay.mp4'}; frames 0, 60, 120, 199: "
+              f"{out_dir / 'overlay_strip.png'}")
     return code
 
 

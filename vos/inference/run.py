@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
@@ -143,9 +144,10 @@ class Runner:
         return session, DAVIS_PALETTE if palette is None else palette
 
     def run(self, job: Job, out_dir: Path, overlay_mp4: bool = False, save_probs: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, on_frame: Callable[[int, int], None] | None = None) -> dict:
         """Segment every frame: backwards from the first annotated frame to frame 0 when it is not frame 0, then
-        forwards from it to the end (later annotations join or correct the forward pass as their frames come)."""
+        forwards from it to the end (later annotations join or correct the forward pass as their frames come).
+        on_frame(done, total) is called after each frame is written (e.g. for a progress bar)."""
         t0 = time.time()
         session, palette = self.session(job)
         adapt_seconds = self.adapt(session)
@@ -167,6 +169,8 @@ class Runner:
                     w.write(t, ids, obj_ids, probs)
                 n += 1
                 bar.update(1)
+                if on_frame is not None:
+                    on_frame(n, len(frames))
                 bar.set_postfix(fps=f"{n / (time.time() - t0):.1f}")
 
             if first > 0:

@@ -1,0 +1,132 @@
+"""The browser app, driven end to end in headless Chromium: upload -> box -> propagate -> download."""
+
+import os
+import shutil
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vos.data import read_mask
+from vos.data.synthetic import write_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 24  # frames of the demo clip used
+CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def server(tmp_path):
+    from werkzeug.serving import make_server
+
+    from vos.app import create_app
+
+    srv = make_server("127.0.0.1", 0, create_app(tmp_path / "app_out", max_upload_mb=5), threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}", tmp_path / "app_out"
+    srv.shutdown()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("no chromium/chromedriver on this machine (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
+        opts.add_argument(arg)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def _wait(cond, timeout=120, what="condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_upload_box_propagate_download(server, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from vos.inference.cli import main as infer_main
+
+    from vos.data import VideoFile
+
+    url, app_out = server
+    demo = VideoFile(ROOT / "examples" / "bedroom.mp4", short_side=270)  # the shipped demo clip, 480x270
+    video = tmp_path / "clip.mp4"
+    write_mp4(video, [demo[t] for t in range(N)], fps=30)
+    d = browser
+    d.get(url)
+    msg = lambda: d.find_element(By.ID, "message")  # noqa: E731
+
+    # bad uploads get a visible message
+    (tmp_path / "notes.txt").write_text("not a video")
+    d.find_element(By.ID, "video-file").send_keys(str(tmp_path / "notes.txt"))
+    d.find_element(By.ID, "upload").click()
+    _wait(lambda: "not a video" in msg().text, 30, "the bad-upload message")
+    assert msg().get_attribute("class") == "error"
+
+    d.find_element(By.ID, "video-file").send_keys(str(video))
+    d.find_element(By.ID, "upload").click()
+    _wait(lambda: "Loaded" in msg().text, 30, "the upload")
+    canvas = d.find_element(By.ID, "canvas")
+    _wait(lambda: canvas.size["width"] > 0 and d.execute_script("return document.getElementById('view').complete"))
+    box = (150, 2, 262, 200)  # the girl
+    sx, sy = canvas.size["width"] / 480, canvas.size["height"] / 270
+    cx, cy = canvas.size["width"] / 2, canvas.size["height"] / 2  # selenium offsets are from the centre
+    ActionChains(d).move_to_element_with_offset(canvas, box[0] * sx - cx, box[1] * sy - cy).click_and_hold() \
+        .move_by_offset((box[2] - box[0]) * sx, (box[3] - box[1]) * sy).release().perform()
+    _wait(lambda: "objects 1" in msg().text, 60, "the box mask")
+
+    # a mask PNG of the wrong size is rejected with a message
+    from vos.data import write_mask
+    write_mask(tmp_path / "small.png", np.ones((10, 10), np.uint8))
+    d.find_element(By.ID, "mask-file").send_keys(str(tmp_path / "small.png"))
+    d.find_element(By.ID, "upload-mask").click()
+    _wait(lambda: "10x10" in msg().text, 30, "the wrong-size message")
+
+    d.find_element(By.ID, "propagate").click()
+    _wait(lambda: msg().text == "Done.", 300, "propagation")
+    assert d.find_element(By.ID, "progress").get_attribute("value") == str(N)
+    shot = Path(os.environ.get("VOS_APP_SCREENSHOT", tmp_path / "app.png"))
+    d.save_screenshot(str(shot))
+    d.find_element(By.ID, "download-masks").click()
+    zpath = _wait(lambda: next(iter(d.downloads.glob("masks.zip")), None), 60, "the masks download")
+    _wait(lambda: zipfile.is_zipfile(zpath), 30, "a complete zip")
+    (tmp_path / "app_masks").mkdir()
+    zipfile.ZipFile(zpath).extractall(tmp_path / "app_masks")
+    app_masks = sorted((tmp_path / "app_masks" / "masks").glob("*.png"))
+    assert len(app_masks) == N
+
+    # the same video and the mask the app built, through infer.py: the same masks
+    sid = next(p for p in app_out.iterdir() if (p / "prompts" / "00000.png").is_file())
+    assert infer_main(["--input", str(video), "--mask", str(sid / "prompts" / "00000.png"), "--out",
+                       str(tmp_path / "cli")]) == 0
+    ious = []
+    for p in app_masks:
+        a, b = read_mask(p)[0] > 0, read_mask(tmp_path / "cli" / "clip" / p.name)[0] > 0
+        ious.append((a & b).sum() / (a | b).sum() if (a | b).any() else 1.0)
+    assert np.mean(ious) > 0.99, ious
+    prompt = read_mask(sid / "prompts" / "00000.png")[0] == 1
+    inside = prompt[box[1]:box[3], box[0]:box[2]].mean()
+    assert prompt.sum() == prompt[box[1]:box[3], box[0]:box[2]].sum() and 0.2 < inside < 0.9  # a girl, not the box
+    # nothing written outside the app's folder but the browser's download
+    assert all(p.is_relative_to(app_out) for p in app_out.rglob("*"))
