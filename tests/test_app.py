@@ -130,3 +130,18 @@ def test_upload_box_propagate_download(server, browser, tmp_path):
     assert prompt.sum() == prompt[box[1]:box[3], box[0]:box[2]].sum() and 0.2 < inside < 0.9  # a girl, not the box
     # nothing written outside the app's folder but the browser's download
     assert all(p.is_relative_to(app_out) for p in app_out.rglob("*"))
+
+
+def test_api_rejects_uploads_that_are_too_large_or_not_videos(tmp_path):
+    import io
+
+    from vos.app import create_app
+
+    client = create_app(tmp_path / "out", max_upload_mb=1).test_client()
+    big = client.post("/api/upload", data={"video": (io.BytesIO(b"0" * (2 * 2 ** 20)), "big.mp4")})
+    assert big.status_code == 413 and "larger than 1 MB" in big.get_json()["error"]
+    bad = client.post("/api/upload", data={"video": (io.BytesIO(b"not a video"), "x.mp4")})
+    assert bad.status_code == 400 and "not a video" in bad.get_json()["error"]
+    assert client.get("/api/../../etc/passwd/status").status_code == 404
+    assert client.get("/api/" + "0" * 32 + "/status").status_code == 404
+    assert not any((tmp_path / "out").iterdir())  # rejected uploads leave nothing behind

@@ -232,6 +232,19 @@ def test_torchrun_shards_sequences(clip_dir, tmp_path):
     assert r.stdout.count("wrote 8 frames") == 2  # two sequences of 4 frames per rank
 
 
+def test_torchrun_shards_sequences_with_test_time_adaptation(ckpt, clip_dir, tmp_path):
+    _, frames, masks, _ = clip_dir
+    root = write_davis(tmp_path / "ds", {n: (frames[:5], masks[:5]) for n in "ab"}, split="val")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "infer.py"),
+                        "--dataset-root", str(root), "--layout", "davis2017", "--split", "val", "--out",
+                        str(tmp_path / "o"), "--checkpoint", str(ckpt), "adapt.steps=1", "adapt.size=64",
+                        "adapt.batch_size=1", "short_side=0"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("wrote 5 frames") == 2
+    assert all(len(list((tmp_path / "o" / n).glob("*.png"))) == 5 for n in "ab")
+
+
 def test_torchrun_writes_one_youtubevos_zip_with_every_rank_s_sequences(clip_dir, tmp_path):
     import zipfile
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -51,25 +52,38 @@ class FrameSource:
 
 
 class VideoFile(FrameSource):
-    """A video file read through decord2. The reader opens lazily, in the process that first reads a frame:
-    a reader opened in a parent process hangs forked DataLoader workers, so it is never pickled."""
+    """A video file. Frames asked for in order (what inference does) are decoded one after the other by PyAV;
+    any other access (training clips, scrubbing, the backward pass) goes through a random-access decord2
+    reader. Measured: a decord reader keeps memory in proportion to the video's length (+0.7 GB for 2,000
+    frames of 480p next to the model), the sequential PyAV decoder does not. Decoders open lazily, in the
+    process that first reads a frame (a reader opened in a parent process hangs forked DataLoader workers),
+    and are never pickled."""
+
+    SKIP_AHEAD = 64  # frames the sequential decoder may decode and drop to reach a later frame
 
     def __init__(self, path: str | Path, short_side: int | None = None):
+        import av
+
         self.path = Path(path)
         if not self.path.is_file():
             raise FrameError(f"video not found: {self.path}")
         self.short_side = short_side
-        self._reader = None
-        probe = self._open(0, 0)  # metadata only; closed right away so nothing leaks into forked workers
+        self._reader = self._seq = self._container = None
+        self._seq_next = 0
         try:
-            n, fps = len(probe), float(probe.get_avg_fps())
-            h, w = probe[0].shape[:2]
-        except Exception as e:  # decord raises its own error types
-            raise FrameError(f"cannot decode video {self.path}: {e}") from None
-        finally:
-            del probe
-        if n == 0:
-            raise FrameError(f"video {self.path} has no frames")
+            with quiet_stderr(), av.open(str(self.path)) as c:  # metadata; FFmpeg's own log lines stay quiet
+                stream = c.streams.video[0]
+                n, fps = stream.frames, float(stream.average_rate or 24.0)
+                first = next(c.decode(stream))
+                h, w = first.height, first.width
+                if n <= 0:  # no frame count in the container: count the packets
+                    c.seek(0)
+                    n = sum(1 for pkt in c.demux(stream) if pkt.size)
+        except (IndexError, StopIteration):
+            raise FrameError(f"video {self.path} has no video frames") from None
+        except Exception as e:
+            raise FrameError(f"cannot open video {self.path}: not a video FFmpeg can read, or truncated or corrupt "
+                             f"({str(e).splitlines()[0][:200]})") from None
         self.native_size = (h, w)
         self.size = _resized_size(h, w, short_side)
         self.fps = fps
@@ -87,17 +101,41 @@ class VideoFile(FrameSource):
                              f"({str(e).splitlines()[0][:200]})") from None
 
     def __getstate__(self):
-        return {**self.__dict__, "_reader": None}
+        return {**self.__dict__, "_reader": None, "_seq": None, "_seq_next": 0, "_container": None}
+
+    def _sequential(self, i: int) -> np.ndarray:
+        import av
+
+        if self._seq is None:
+            self._container = av.open(str(self.path))
+            stream = self._container.streams.video[0]
+            stream.thread_type = "AUTO"
+            self._seq, self._seq_next = self._container.decode(stream), 0
+        while True:
+            frame = next(self._seq)
+            self._seq_next += 1
+            if self._seq_next - 1 == i:
+                return self._resize(frame.to_ndarray(format="rgb24"))
+
+    def _resize(self, frame: np.ndarray) -> np.ndarray:
+        """Both decoders give native frames; one resize (area) makes them the same at any size."""
+        if frame.shape[:2] == self.size:
+            return frame
+        return cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        if self._reader is None:
-            h, w = self.size
-            self._reader = self._open(*((h, w) if self.size != self.native_size else (0, 0)))
         try:
-            return self._reader[i].asnumpy()
+            if self._seq_next <= i < self._seq_next + self.SKIP_AHEAD and (self._seq is not None or i < self.SKIP_AHEAD):
+                return self._sequential(i)
+            if self._reader is None:
+                self._reader = self._open(0, 0)
+            return self._resize(self._reader[i].asnumpy())
+        except FrameError:
+            raise
+        except StopIteration:
+            raise FrameError(f"{self.path} ends before frame {i} (truncated?)") from None
         except Exception as e:
             raise FrameError(f"cannot decode frame {i} of {self.path}: {e}") from None
-
 
     def backwards(self, start: int, chunk: int = 16) -> Iterator[tuple[int, np.ndarray]]:
         """(index, frame) from `start` down to 0, decoded forwards in chunks of `chunk` frames: seeking back one
@@ -105,13 +143,13 @@ class VideoFile(FrameSource):
         for hi in range(start, -1, -chunk):
             lo = max(0, hi - chunk + 1)
             if self._reader is None:
-                self[lo]
+                self._reader = self._open(0, 0)
             try:
                 batch = self._reader.get_batch(list(range(lo, hi + 1))).asnumpy()
             except Exception as e:
                 raise FrameError(f"cannot decode frames {lo}-{hi} of {self.path}: {e}") from None
             for i in range(hi, lo - 1, -1):
-                yield i, batch[i - lo]
+                yield i, self._resize(batch[i - lo])
 
 
 class FrameFolder(FrameSource):
@@ -157,6 +195,43 @@ def open_frames(path: str | Path, short_side: int | None = None) -> FrameSource:
     if p.is_file():
         return VideoFile(p, short_side)
     raise FrameError(f"input not found: {p} (give a video file or a folder of frames)")
+
+
+class SequentialVideo:
+    """Frames of a video file in order, decoded by PyAV (FFmpeg) one after the other: what a writer that walks
+    the whole video needs. Far lighter than a second random-access decord reader (measured: ~100 MB less peak
+    memory at 480p, and flat)."""
+
+    def __init__(self, path: str | Path):
+        import av
+
+        self.path = Path(path)
+        try:
+            self._container = av.open(str(self.path))
+            stream = self._container.streams.video[0]
+            stream.thread_type = "AUTO"
+            self._frames = self._container.decode(stream)
+        except Exception as e:
+            raise FrameError(f"cannot open video {self.path}: {e}") from None
+        self._next = 0
+        self.fps = float(stream.average_rate or 24)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        if t < self._next:
+            raise FrameError(f"{self.path}: frame {t} was asked for after frame {self._next - 1} (frames go in order)")
+        try:
+            while True:
+                frame = next(self._frames)
+                self._next += 1
+                if self._next - 1 == t:
+                    return frame.to_ndarray(format="rgb24")
+        except StopIteration:
+            raise FrameError(f"{self.path} ends before frame {t}") from None
+        except Exception as e:
+            raise FrameError(f"cannot decode frame {t} of {self.path}: {e}") from None
+
+    def close(self) -> None:
+        self._container.close()
 
 
 class Mp4Writer:

@@ -178,8 +178,8 @@ class Runner:
                     if t < first:  # the annotated frame itself comes from the forward pass
                         write(writers, t, obj_ids, probs)
             if overlay_mp4:  # in time order: the frames before the annotation are read back from their PNGs
-                native = open_frames(job.frames_path) if frames.size != frames.native_size else frames
-                ov = stack.enter_context(OverlayWriter(out_dir / f"{job.name}_overlay.mp4", native, palette))
+                ov = stack.enter_context(OverlayWriter(out_dir / f"{job.name}_overlay.mp4", Path(job.frames_path),
+                                                       frames.fps, palette))
                 for t in range(first):
                     ov.write_ids(t, read_mask(seq_dir / f"{frames.names[t]}.png")[0])
                 writers.append(ov)

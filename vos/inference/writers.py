@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vos.data import FrameSource, write_mask
-from vos.data.video import Mp4Writer
+from vos.data import open_frames, write_mask
+from vos.data.video import Mp4Writer, SequentialVideo
 from vos.utils import atomic_path
 
 
@@ -47,11 +47,20 @@ class ProbsWriter:
 
 
 class OverlayWriter(Mp4Writer):
-    """An mp4 of the input frames (native resolution) with the masks blended in."""
+    """An mp4 of the input frames (native resolution) with the masks blended in. Frames must come in order:
+    a video file is decoded once, sequentially (not through a second random-access reader)."""
 
-    def __init__(self, path: Path, frames: FrameSource, palette: np.ndarray):
-        super().__init__(path, frames.fps)
-        self.frames, self.palette = frames, palette
+    def __init__(self, path: Path, source: Path, fps: float, palette: np.ndarray):
+        super().__init__(path, fps)
+        self.frames = SequentialVideo(source) if Path(source).is_file() else open_frames(source)
+        self.palette = palette
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            super().__exit__(exc_type, exc, tb)
+        finally:
+            if isinstance(self.frames, SequentialVideo):
+                self.frames.close()
 
     def write(self, t: int, ids: np.ndarray, object_ids: list[int], probs: torch.Tensor) -> None:  # type: ignore[override]
         self.write_ids(t, ids)
