@@ -147,7 +147,7 @@ def test_wandb_offline_logs_keys_and_images(tmp_path, monkeypatch):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     data = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
-    for key in (b"loss/0>0", b"grad_norm", b"lr", b"clips_per_s"):
+    for key in (b"loss/0>0", b"grad_norm", b"lr", b"clips_per_s", b"iou/object1", b"dice/object1"):
         assert key in data
     assert list(runs[0].rglob("media/images/*.png"))
 
@@ -354,3 +354,17 @@ def test_dense_and_sparse_clips_are_augmented_alike(tmp_path):
     dense = ClipDataset(cfg.data.sources, cfg.data.size, 1)[(0, 1, 11)]
     assert torch.equal(sparse["images"], dense["images"])
     assert sparse["has_mask"].tolist() == [True, False, False] and dense["has_mask"].all()
+
+
+def test_per_object_scores_show_a_collapse_onto_one_id():
+    from vos.train.cycles import per_object_scores
+
+    target = torch.zeros(2, 2, 8, 8)
+    target[:, 0, :4], target[:, 1, 4:] = 1, 1  # object 1 on top, object 2 below
+    num_bg = 1
+    logits = torch.full((2, 1 + num_bg + 2, 8, 8), -10.0)
+    logits[:, 2] = 10.0  # every pixel predicted as object 1: object 2 has collapsed onto it
+    iou, dice, count = per_object_scores(logits, target, torch.tensor([[True, True], [True, False]]), num_bg)
+    assert count.tolist() == [2, 1]
+    assert iou.tolist() == pytest.approx([2 * 0.5, 0.0])  # object 1: half of what it claims; object 2: nothing
+    assert dice[1] / count[1] > 0.99 and dice[0] / count[0] < 0.5

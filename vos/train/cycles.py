@@ -59,6 +59,21 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     return (d * valid).sum() / valid.sum().clamp(min=1)
 
 
+@torch.no_grad()
+def per_object_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, num_bg: int):
+    """Sums over the batch of each object slot's IoU (prediction = argmax) and Dice loss, and how many samples
+    hold that slot: three (K,) tensors. Logged per object, so that a collapse onto one id shows."""
+    merged = merged_logits(logits, num_bg).float()
+    pred = F.one_hot(merged.argmax(1), merged.shape[1]).permute(0, 3, 1, 2)[:, 1:].bool()
+    gt = target > 0.5
+    inter, union = (pred & gt).flatten(2).sum(-1), (pred | gt).flatten(2).sum(-1)
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float))
+    probs = merged.softmax(1)[:, 1:]
+    dice = 1 - (2 * (probs * target).flatten(2).sum(-1) + 1) / (probs.flatten(2).sum(-1) + target.flatten(2).sum(-1) + 1)
+    v = valid.float()
+    return (iou * v).sum(0), (dice * v).sum(0), v.sum(0)
+
+
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, num_bg: int) -> torch.Tensor:
     """Cross-entropy + Dice at full resolution. logits (B, 1 + Qb + K, H, W); target (B, K, H, W) one-hot."""
     merged = merged_logits(logits, num_bg).float()
@@ -119,7 +134,8 @@ class CycleModel(nn.Module):
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-        """Returns (mean loss, loss per supervised path, detached full-size logits per path)."""
+        """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path, and
+        "per_object": (3, K) sums over paths and clips of each object slot's IoU and Dice loss, and counts)."""
         m = self.model
         images, masks, valid, has = batch["images"], batch["masks"], batch["valid"], batch["has_mask"]
         H, W = images.shape[-2:]
@@ -130,6 +146,8 @@ class CycleModel(nn.Module):
         present = present | ~has[:, :, None]
         losses: dict[str, torch.Tensor] = {}
         outputs = {}
+        K = valid.shape[1]
+        scores = torch.zeros(3, K, device=valid.device)  # per object slot: IoU sum, Dice-loss sum, count
         for path in paths:
             target = path[1]
             sup = has[:, target]
@@ -141,7 +159,9 @@ class CycleModel(nn.Module):
             lg = m.upsample(graph.logits(path), feats[target], (H, W))
             losses[name_of(path)] = mask_loss(lg[sup], tgt[sup], valid[sup], m.num_bg)
             outputs[name_of(path)] = lg.detach()
+            scores += torch.stack(per_object_scores(lg[sup], tgt[sup], valid[sup], m.num_bg))
         total = sum(losses.values()) / len(losses)
+        outputs["per_object"] = scores
         return total, losses, outputs
 
 

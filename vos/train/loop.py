@@ -69,7 +69,7 @@ class _StopFlag:
 def _overlay_images(batch: dict, outputs: dict, num_bg: int, n: int = 2) -> list:
     import wandb
 
-    name = next(iter(outputs))
+    name = next(k for k in outputs if k != "per_object")
     lg = outputs[name]
     pred = merged_logits(lg, num_bg).argmax(1)
     target = int(name.rsplit(">", 1)[1]) if ">" in name else 0
@@ -172,6 +172,11 @@ class Trainer:
     def log(self, logs: dict, batch: dict, clips_per_s: float, bar: tqdm) -> None:
         outputs = logs.pop("outputs")
         logs = {k: float(v) for k, v in logs.items()}
+        if "per_object" in outputs:  # per object slot: IoU and Dice loss (collapse onto one id shows here)
+            iou, dice, count = outputs["per_object"].tolist()
+            for k, n in enumerate(count):
+                if n:
+                    logs[f"iou/object{k + 1}"], logs[f"dice/object{k + 1}"] = iou[k] / n, dice[k] / n
         logs.update(lr=self.sched.get_last_lr()[0], clips_per_s=clips_per_s, skipped_steps=self.skipped)
         bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{logs['lr']:.2e}")
         if self.run is not None:
