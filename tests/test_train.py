@@ -367,4 +367,4 @@ def test_per_object_scores_show_a_collapse_onto_one_id():
     iou, dice, count = per_object_scores(logits, target, torch.tensor([[True, True], [True, False]]), num_bg)
     assert count.tolist() == [2, 1]
     assert iou.tolist() == pytest.approx([2 * 0.5, 0.0])  # object 1: half of what it claims; object 2: nothing
-    assert dice[1] / count[1] > 0.99 and dice[0] / count[0] < 0.5
+    assert dice[1] / count[1] > 0.9 and dice[0] / count[0] < 0.5
