@@ -5,6 +5,9 @@ from PIL import Image
 from vos.data import FrameError, FrameFolder, MaskError, VideoFile, list_sequences, open_frames, read_mask, write_mask
 from vos.data.masks import DAVIS_PALETTE
 from vos.data.synthetic import make_clip, write_davis, write_mp4, write_youtubevos
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +156,24 @@ def test_real_judo_masks(shared_data):
     for frame, obj in ((0, 1), (5, 2), (8, 3), (13, 4)):
         ids, _ = read_mask(shared_data / "cutie-examples" / "masks" / "judo" / f"{frame:05d}.png", size=ff.size)
         assert obj in np.unique(ids)
+
+
+def test_a_split_can_be_a_list_file(tmp_path):
+    from vos.data import list_sequences
+    from vos.data.synthetic import make_clip, write_davis
+
+    clip = make_clip(0, n_frames=3, size=(32, 48), n_objects=1, late_objects=0)
+    root = write_davis(tmp_path / "d", {"a": clip, "b": clip, "c": clip}, split="val")
+    (tmp_path / "mine.txt").write_text("c\na\n")
+    assert [s.name for s in list_sequences(root, "davis2017", str(tmp_path / "mine.txt"))] == ["c", "a"]
+
+
+def test_the_validation_split_never_overlaps_training(shared_data):
+    from vos.data import list_sequences
+
+    root = shared_data / "davis2016"
+    val = {s.name for s in list_sequences(root, "davis2016", str(ROOT / "configs/splits/davis2016_val10.txt"))}
+    train = {s.name for s in list_sequences(root, "davis2016", str(ROOT / "configs/splits/davis2016_train20.txt"))}
+    dev = {s.name for s in list_sequences(root, "davis2016", "dev")}
+    assert len(val) == 10 and len(train) == 20 and dev <= val and not val & train
+    assert val | train == dev | {s.name for s in list_sequences(root, "davis2016", "train")}

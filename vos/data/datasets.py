@@ -68,7 +68,8 @@ def _frames_and_masks(frame_dir: Path, mask_dir: Path) -> tuple[list[str], dict[
 
 
 def list_sequences(root: str | Path, layout: str, split: str) -> list[Sequence]:
-    """Sequences of a split. Layouts:
+    """Sequences of a split: a split name of the dataset, or (DAVIS layouts) a path to a .txt list of sequences,
+    e.g. configs/splits/davis2016_val10.txt. Layouts:
     davis2016: JPEGImages/480p/<seq>, Annotations/480p/<seq> (0/255), ImageSets/480p/<split>.txt
     davis2017: same folders (palette PNGs, 255 = void), ImageSets/2017/<split>.txt
     youtubevos: [<split>/]JPEGImages/<vid>, [<split>/]Annotations/<vid> (sparse), [<split>/]meta.json
@@ -79,7 +80,7 @@ def list_sequences(root: str | Path, layout: str, split: str) -> list[Sequence]:
     if layout in ("davis2016", "davis2017"):
         sets = root / "ImageSets" / ("480p" if layout == "davis2016" else "2017")
         seqs = []
-        for name in _split_names(sets / f"{split}.txt"):
+        for name in _split_names(Path(split) if split.endswith(".txt") else sets / f"{split}.txt"):
             fd, md = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
             frames, masks = _frames_and_masks(fd, md)
             seqs.append(Sequence(name, fd, md, layout, masks, frames))
