@@ -145,3 +145,12 @@ def test_api_rejects_uploads_that_are_too_large_or_not_videos(tmp_path):
     assert client.get("/api/../../etc/passwd/status").status_code == 404
     assert client.get("/api/" + "0" * 32 + "/status").status_code == 404
     assert not any((tmp_path / "out").iterdir())  # rejected uploads leave nothing behind
+    demo = client.post("/api/demo").get_json()  # the shipped demo clip, without uploading anything
+    assert demo["frames"] == 200 and (demo["width"], demo["height"]) == (960, 540)
+    sid = demo["session"]
+    assert client.get(f"/api/{sid}/frame/150.jpg").status_code == 200
+    assert "outside the video" in client.get(f"/api/{sid}/frame/200.jpg").get_json()["error"]
+    r = client.post(f"/api/{sid}/prompt", json={"frame": 0, "object": 2, "box": [140, 130, 300, 410]})
+    assert r.get_json()["objects"] == [2]
+    empty = client.post("/api/demo").get_json()["session"]
+    assert "at least one object" in client.post(f"/api/{empty}/propagate").get_json()["error"]
