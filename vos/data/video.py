@@ -6,6 +6,8 @@ A frame source is a sequence of RGB uint8 frames (H, W, 3) with `names` (used fo
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Iterator
 
@@ -45,6 +47,9 @@ class FrameSource:
         for i in range(len(self)):
             yield self[i]
 
+    def close(self) -> None:
+        """Release any open decoder."""
+
     def backwards(self, start: int) -> Iterator[tuple[int, np.ndarray]]:
         """(index, frame) from `start` down to 0."""
         for i in range(start, -1, -1):
@@ -70,9 +75,11 @@ class VideoFile(FrameSource):
         self.short_side = short_side
         self._reader = self._seq = self._container = None
         self._seq_next = 0
+        self._pid = os.getpid()  # PyAV decodes only in this process; forked DataLoader workers use decord
         try:
             with quiet_stderr(), av.open(str(self.path)) as c:  # metadata; FFmpeg's own log lines stay quiet
                 stream = c.streams.video[0]
+                stream.thread_type = "NONE"  # no decoder threads in a process that may fork workers
                 n, fps = stream.frames, float(stream.average_rate or 24.0)
                 first = next(c.decode(stream))
                 h, w = first.height, first.width
@@ -103,6 +110,13 @@ class VideoFile(FrameSource):
     def __getstate__(self):
         return {**self.__dict__, "_reader": None, "_seq": None, "_seq_next": 0, "_container": None}
 
+    def close(self) -> None:
+        """Release the decoders (they reopen if a frame is read again)."""
+        if self._container is not None:
+            self._container.close()
+        self._reader = self._seq = self._container = None
+        self._seq_next = 0
+
     def _sequential(self, i: int) -> np.ndarray:
         import av
 
@@ -125,7 +139,8 @@ class VideoFile(FrameSource):
 
     def __getitem__(self, i: int) -> np.ndarray:
         try:
-            if self._seq_next <= i < self._seq_next + self.SKIP_AHEAD and (self._seq is not None or i < self.SKIP_AHEAD):
+            if (os.getpid() == self._pid and self._seq_next <= i < self._seq_next + self.SKIP_AHEAD
+                    and (self._seq is not None or i < self.SKIP_AHEAD)):
                 return self._sequential(i)
             if self._reader is None:
                 self._reader = self._open(0, 0)

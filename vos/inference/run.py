@@ -157,6 +157,7 @@ class Runner:
         _writable(seq_dir)
         n = 0
         with contextlib.ExitStack() as stack:
+            stack.callback(frames.close)
             writers = [PngWriter(seq_dir, frames.names, palette)]
             if save_probs:
                 writers.append(ProbsWriter(out_dir / f"{job.name}_probs", frames.names))
