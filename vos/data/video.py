@@ -123,7 +123,7 @@ class VideoFile(FrameSource):
         if self._seq is None:
             self._container = av.open(str(self.path))
             stream = self._container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream.thread_type = "NONE"  # no decoder threads: nothing half-held if the process forks
             self._seq, self._seq_next = self._container.decode(stream), 0
         while True:
             frame = next(self._seq)
@@ -224,7 +224,7 @@ class SequentialVideo:
         try:
             self._container = av.open(str(self.path))
             stream = self._container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream.thread_type = "NONE"  # no decoder threads: nothing half-held if the process forks
             self._frames = self._container.decode(stream)
         except Exception as e:
             raise FrameError(f"cannot open video {self.path}: {e}") from None
