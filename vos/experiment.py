@@ -68,6 +68,7 @@ def checkpoint_of(name: str, done: set[str] | None = None) -> Path | None:
 
 
 def run(name: str) -> dict:
+    from vos.data import list_sequences
     from vos.eval.davis import evaluate_dataset, format_table
     from vos.inference.run import Runner, jobs_for_dataset
 
@@ -81,8 +82,9 @@ def run(name: str) -> dict:
     frames = seconds = adapt_seconds = 0.0
     prompt_ious = []
     jobs = jobs_for_dataset(dataset, e.layout, e.split)
+    seqs = {s.name: s for s in list_sequences(dataset, e.layout, e.split)}
     if e.prompt_frame:
-        _move_prompts(jobs, dataset, e)
+        _move_prompts(jobs, seqs, e.prompt_frame)
     for job in jobs:
         if e.prompt == "box":
             prompt_ious.append(_box_prompt(job, out / "_prompts"))
@@ -101,7 +103,7 @@ def run(name: str) -> dict:
             f"{row['s/video']:.1f} s per video (of which adaptation {row['adapt s/video']:.1f} s)\n\n"
             f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
     if e.prompt_frame:
-        before = _iou_before(jobs, dataset, e, out)
+        before = _iou_before(jobs, seqs, e.prompt_frame, out)
         row["IoU before the annotation"] = 100 * float(np.mean(list(before.values())))
         text += (f"mean IoU over the frames before the annotated frame {e.prompt_frame}: "
                  + ", ".join(f"{k} {100 * v:.1f}" for k, v in before.items())
@@ -118,33 +120,29 @@ def run(name: str) -> dict:
     return row
 
 
-def _move_prompts(jobs: list, dataset: str, e) -> None:
-    """Start each job from the annotation of frame e.prompt_frame instead of its first annotation."""
-    from vos.data import list_sequences
-
-    seqs = {s.name: s for s in list_sequences(dataset, e.layout, e.split)}
+def _move_prompts(jobs: list, seqs: dict, frame: int) -> None:
+    """Start each job from the annotation of `frame` instead of its first annotation."""
     for job in jobs:
         s = seqs[job.name]
-        if e.prompt_frame not in s.annotations:
-            raise VosError(f"{job.name} has no annotation at frame {e.prompt_frame}")
-        job.prompts = {s.frame_names[e.prompt_frame]: s.annotations[e.prompt_frame]}
+        if frame not in s.annotations:
+            raise VosError(f"{job.name} has no annotation at frame {frame}")
+        job.prompts = {s.frame_names[frame]: s.annotations[frame]}
 
 
-def _iou_before(jobs: list, dataset: str, e, out: Path) -> dict[str, float]:
-    """Per video: mean IoU (all objects as foreground) over the frames before the annotated one."""
-    from vos.data import list_sequences, read_mask
+def _fg_iou(gt: np.ndarray, pred: np.ndarray) -> float:
+    """IoU of all objects together (void 255 is not an object); 1 when both are empty."""
+    fg = (gt > 0) & (gt != 255)
+    union = (fg | pred).sum()
+    return float((fg & pred).sum() / union) if union else 1.0
 
-    seqs = {s.name: s for s in list_sequences(dataset, e.layout, e.split)}
-    result = {}
-    for job in jobs:
-        s, ious = seqs[job.name], []
-        for t in range(e.prompt_frame):
-            gt = s.read_mask(t)[0]
-            pred = read_mask(out / job.name / f"{s.frame_names[t]}.png")[0] > 0
-            fg = (gt > 0) & (gt != 255)
-            ious.append((fg & pred).sum() / (fg | pred).sum() if (fg | pred).any() else 1.0)
-        result[job.name] = float(np.mean(ious))
-    return result
+
+def _iou_before(jobs: list, seqs: dict, frame: int, out: Path) -> dict[str, float]:
+    """Per video: mean foreground IoU over the frames before the annotated one."""
+    from vos.data import read_mask
+
+    return {job.name: float(np.mean([_fg_iou(seqs[job.name].read_mask(t)[0],
+                                             read_mask(out / job.name / f"{seqs[job.name].frame_names[t]}.png")[0] > 0)
+                                     for t in range(frame)])) for job in jobs}
 
 
 def _box_prompt(job, folder: Path) -> float:
@@ -165,8 +163,7 @@ def _box_prompt(job, folder: Path) -> float:
     write_mask(folder / f"{job.name}.png", ids)
     job.prompts = {name: folder / f"{job.name}.png"}
     job.binary_255 = False
-    fg, pred = (gt > 0) & (gt != 255), ids > 0
-    return float((fg & pred).sum() / max(1, (fg | pred).sum()))
+    return _fg_iou(gt, ids > 0)
 
 
 def _record(row: dict) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vos.data import open_frames, write_mask
-from vos.data.video import Mp4Writer, SequentialVideo
+from vos.data.video import Mp4Writer
 from vos.utils import atomic_path
 
 
@@ -47,20 +47,18 @@ class ProbsWriter:
 
 
 class OverlayWriter(Mp4Writer):
-    """An mp4 of the input frames (native resolution) with the masks blended in. Frames must come in order:
-    a video file is decoded once, sequentially (not through a second random-access reader)."""
+    """An mp4 of the input frames (native resolution) with the masks blended in. Frames come in order, so a
+    video file is decoded once, sequentially (VideoFile's in-order path, not a second random-access reader)."""
 
     def __init__(self, path: Path, source: Path, fps: float, palette: np.ndarray):
         super().__init__(path, fps)
-        self.frames = SequentialVideo(source) if Path(source).is_file() else open_frames(source)
-        self.palette = palette
+        self.frames, self.palette = open_frames(source), palette
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             super().__exit__(exc_type, exc, tb)
         finally:
-            if isinstance(self.frames, SequentialVideo):
-                self.frames.close()
+            self.frames.close()
 
     def write(self, t: int, ids: np.ndarray, object_ids: list[int], probs: torch.Tensor) -> None:  # type: ignore[override]
         self.write_ids(t, ids)
