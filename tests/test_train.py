@@ -380,3 +380,37 @@ def test_per_object_scores_show_a_collapse_onto_one_id():
     assert count.tolist() == [2, 1]
     assert iou.tolist() == pytest.approx([2 * 0.5, 0.0])  # object 1: half of what it claims; object 2: nothing
     assert dice[1] / count[1] > 0.9 and dice[0] / count[0] < 0.5
+
+
+def test_merge_regime_pastes_partner_objects_as_objects_or_distractors():
+    import numpy as np
+
+    from vos.data.clips import make_sample
+    from vos.data.sources import Annotated
+
+    def unit(channel, box):
+        img, mask = np.zeros((96, 128, 3), np.uint8), np.zeros((96, 128), np.uint8)
+        img[..., channel] = 60
+        y0, y1, x0, x1 = box
+        img[y0:y1, x0:x1, channel] = 250
+        mask[y0:y1, x0:x1] = 1
+        return Annotated(1, lambda t: img, lambda t: mask, 0, True)
+
+    red, blue = unit(0, (20, 80, 20, 100)), unit(2, (30, 70, 40, 90))
+    labelled = distractor = 0
+    for seed in range(40):
+        s = make_sample(red, "merge", (64, 64), 3, 12, seed=seed, background=blue)
+        img, m, valid = s["images"] * 255, s["masks"] > 0, s["valid"]
+        assert s["has_mask"].all() and valid[0] and m[0, 0].sum() >= 64
+        assert not (m.sum(1) > 1).any()  # every pixel belongs to one object at most
+        blue_px = img[:, 2] > img[:, 0] + 40  # pasted partner pixels (colour jitter keeps the dominant channel)
+        red_px = img[:, 0] > img[:, 2] + 40
+        assert not (m[:, 0] & blue_px).any()  # the first object never owns a pasted pixel
+        if valid[1]:
+            labelled += 1
+            own = m[:, 1]
+            assert (own & blue_px).sum() > 0.7 * own.sum() or (own & red_px).sum() > 0.7 * own.sum()
+        elif blue_px[0].sum() > 64:
+            distractor += 1
+            assert not m[0, :, blue_px[0]].any()  # an unlabelled distractor is background
+    assert labelled >= 5 and distractor >= 5

@@ -93,7 +93,7 @@ class DataSource:
     root: str = ""  # relative to data.root unless absolute
     split: str = "train"
     weight: float = 1.0  # sampling weight in a mixture; weights of all sources must sum to 1
-    regime: str = "static"  # static | composite (pseudo-clips from annotated frames) | sparse | dense
+    regime: str = "static"  # static | composite | merge (pseudo-clips from annotated images) | sparse | dense
     # which frame is the one annotated frame: first | middle | random | a JSON file {video: frame name}
     annotated: str = "first"
     max_gap: int = 12  # sparse/dense video: other clip frames within this many frames of the annotated one
@@ -195,6 +195,8 @@ class ExperimentConfig:
     infer_overrides: list[str] = field(default_factory=list)
     data_root: str = DATA_ROOT
     dataset: str = "davis2016"  # relative to data_root unless absolute
+    # davis2016 | davis2017 | youtubevos, or sparse_folder: images/<seq>/ + masks/<seq>/ holding only each
+    # object's first mask (no J&F; each object's area per frame is reported); split: comma-separated sequences
     layout: str = "davis2016"
     split: str = "dev"
 

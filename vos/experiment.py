@@ -42,11 +42,14 @@ def _train(name: str, e) -> Path:
 
 
 def checkpoint_of(name: str, done: set[str] | None = None) -> Path | None:
-    """Run the experiments it depends on, then produce its checkpoint (None for baselines)."""
+    """Run the experiments it depends on, then produce its checkpoint (None for baselines). name: an
+    experiment's name under configs/experiments/ or its YAML's path."""
     from vos.checkpoint import export
 
     done = set() if done is None else done
-    e = load_config(ExperimentConfig, _experiment_file(name))
+    path = _experiment_file(name)
+    name = path.stem
+    e = load_config(ExperimentConfig, path)
     for dep in e.after:
         if dep not in done:
             checkpoint_of(dep, done)
@@ -75,10 +78,12 @@ def run(name: str) -> dict:
     path = _experiment_file(name)
     name = path.stem
     e = load_config(ExperimentConfig, path)
-    ckpt = checkpoint_of(name)
+    ckpt = checkpoint_of(str(path))
     dataset = data_path(e.data_root, e.dataset)
     runner = Runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None)
     out = Path("outputs") / "experiments" / name
+    if e.layout == "sparse_folder":
+        return _run_areas(name, path, e, ckpt, dataset, runner, out)
     frames = seconds = adapt_seconds = 0.0
     prompt_ious = []
     jobs = jobs_for_dataset(dataset, e.layout, e.split)
@@ -112,6 +117,49 @@ def run(name: str) -> dict:
         row["first-mask IoU"] = 100 * float(np.mean(prompt_ious))
         text += "first-mask IoU (box -> GrabCut vs ground truth): " + ", ".join(f"{100 * v:.1f}" for v in prompt_ious) \
             + f"; mean {row['first-mask IoU']:.1f}\n"
+    (RESULTS / "experiments").mkdir(parents=True, exist_ok=True)
+    with atomic_path(RESULTS / "experiments" / f"{name}.txt") as tmp:
+        tmp.write_text(text)
+    _record(row)
+    print(text)
+    return row
+
+
+def _run_areas(name: str, path: Path, e, ckpt, dataset: str, runner, out: Path) -> dict:
+    """Videos with sparse masks only (images/<seq>/, masks/<seq>/ with each object's first mask, e.g. Cutie's
+    judo): no J&F, but each object's area in every frame after it is given, the smallest of them, and how
+    object 1's area at the last frame compares with its given area: whether each object is kept, and whether
+    one object takes the others' pixels."""
+    from vos.data import read_mask
+    from vos.inference.run import jobs_for_input
+
+    row = {"experiment": name, "date": datetime.date.today().isoformat()}
+    text = (f"python -m vos.experiment {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}\n"
+            f"{e.description}\ncheckpoint: {ckpt or e.method}\n")
+    for seq in e.split.split(","):
+        job, = jobs_for_input(str(Path(dataset) / "images" / seq), None, None, str(Path(dataset) / "masks" / seq))
+        runner.run(job, out, progress=False)
+        pred = sorted((out / job.name).glob("*.png"))
+        areas = [np.bincount(read_mask(q)[0].ravel(), minlength=256) for q in pred]
+        names = [q.stem for q in pred]
+        given = {}
+        for fname, mpath in job.prompts.items():
+            ids = read_mask(mpath, size=read_mask(pred[0])[0].shape)[0]
+            for k in set(np.unique(ids).tolist()) - {0}:
+                given.setdefault(k, (names.index(fname), int((ids == k).sum())))
+        text += f"\n{seq}: object area (px) per frame, from the frame it is given\n"
+        mins = {}
+        for k, (t0, a0) in sorted(given.items()):
+            seen = [int(a[k]) for a in areas[t0 + 1:]]
+            mins[k] = min(seen) if seen else a0
+            text += f"  object {k} (given at frame {t0}, {a0} px): " + " ".join(map(str, seen)) + "\n"
+        t1, a1 = given.get(1, (0, 1))
+        ratio = float(areas[-1][1]) / max(a1, 1)
+        row[f"{seq}: min object px after given"] = float(min(mins.values()))
+        row[f"{seq}: object 1 area at last frame / given"] = ratio
+        text += (f"  smallest area of any object after it is given: {min(mins.values())} px (per object: "
+                 + ", ".join(f"{k}: {v}" for k, v in mins.items()) + f"); object 1 at the last frame: {ratio:.2f}x "
+                 f"its given area\n")
     (RESULTS / "experiments").mkdir(parents=True, exist_ok=True)
     with atomic_path(RESULTS / "experiments" / f"{name}.txt") as tmp:
         tmp.write_text(text)

@@ -28,6 +28,7 @@ class Augment:
 AUGMENT = {
     "static": Augment(warp0=0.3, warp=1.0, colour=True),
     "composite": Augment(warp0=0.3, warp=1.0, colour=True),
+    "merge": Augment(warp0=0.3, warp=1.0, colour=True),
     "sparse": Augment(warp0=0.3, warp=0.3, colour=False),
     "dense": Augment(warp0=0.3, warp=0.3, colour=False),
 }

@@ -5,6 +5,8 @@ Regimes:
   frame has a mask.
 - composite: like static, but the annotated objects are pasted onto a frame of another video of the same
   source and move independently of that background.
+- merge: a static clip with the objects of another annotated image of the source pasted over it, moving on
+  their own: several objects, occlusion, and unlabelled look-alike distractors.
 - sparse: a video with ONE annotated frame; the other two frames come from a window on one side of it
   (the weakly-supervised regime: only frame 0 has a mask).
 - dense: like sparse, but every frame's mask is known (the fully supervised reference).
@@ -19,6 +21,7 @@ valid (K,) bool; has_mask (3,) bool.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -27,32 +30,16 @@ from vos.data.sources import Annotated, units_from_source
 from vos.utils import VosError
 
 MIN_AREA = 64  # objects smaller than this (pixels, in the crop) on frame 0 are not used
-REGIMES = ("static", "composite", "sparse", "dense")
+REGIMES = ("static", "composite", "merge", "sparse", "dense")
 
 
-def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects: int, max_gap: int,
-                seed: int, background: Annotated | None = None, aug: Augment | None = None) -> dict[str, torch.Tensor]:
-    """One 3-frame training clip from the unit's annotated frame.
-
-    static: the annotated frame under three random warps and colour jitters. composite: the annotated
-    objects cut out and pasted onto a frame of another video (`background`), object and background warped
-    independently, so the object moves against its surroundings and the scene has new distractors.
-    sparse/dense: the annotated frame and two real frames within max_gap of it (masks only where allowed).
-    """
-    rng = np.random.default_rng(seed)
-    aug = aug or augment_for(regime)
+def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int, rng: np.random.Generator,
+               aug: Augment) -> tuple[list[np.ndarray], list[np.ndarray | None], list[int]]:
+    """The 3 warped frames of a clip from the unit's annotated frame, their id masks (None where not
+    allowed) and the ids of the objects big enough on frame 0."""
     a = unit.annotated
-    bg = None
-    if regime == "composite":
-        if background is None:
-            raise VosError("the composite regime needs a background unit (a source with at least 2 videos)")
-        bg_full = background.load_frame(int(rng.integers(background.n_frames)))
-        bg_box = crop_box(np.zeros(bg_full.shape[:2], bool), size, rng)
-        bg_flip = bool(rng.random() < 0.5)
-        bg = [warp(bg_full, None, bg_box, size, random_homography(rng, *size, aug.background_warp * (k > 0)),
-                   bg_flip)[0] for k in range(3)]
     for _attempt in range(10):
-        if regime in ("static", "composite"):
+        if regime in ("static", "composite", "merge"):
             frames_idx = [a, a, a]
         else:
             side = int(rng.choice([-1, 1]))
@@ -74,17 +61,89 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
             i, m = warp(img, mask, box, size, Hm, flip)
             imgs.append(colour_jitter(i, rng) if aug.colour and k > 0 else i)
             masks.append(m)
-        ids, counts = np.unique(masks[0], return_counts=True)
-        objs = [int(i) for i, c in zip(ids, counts) if i not in (0, 255) and c >= MIN_AREA]
+        objs = _big_objects(masks[0])
         if objs:
-            break
-    else:
-        objs = []
+            return imgs, masks, objs
+    return imgs, masks, []
+
+
+def _big_objects(mask: np.ndarray) -> list[int]:
+    ids, counts = np.unique(mask, return_counts=True)
+    return [int(i) for i, c in zip(ids, counts) if i not in (0, 255) and c >= MIN_AREA]
+
+
+def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_objects: int, copy: bool):
+    """Paste 1-2 objects of a partner clip over a clip (Cutie/STCN's "merge two clips"): they move on their own,
+    occlude the clip's objects, and are either more objects to track or, with probability DISTRACTOR_P (always
+    when `copy`: the partner is the same image, so the pasted object is a look-alike), unlabelled distractors
+    the model must leave as background. Partner ids are shifted by PARTNER_ID so they never collide."""
+    p_imgs, p_masks, p_objs = partner
+    if not p_objs:
+        return imgs, masks, objs
+    p_imgs, p_masks = _shrink(p_imgs, p_masks, rng)
+    p_objs = [int(o) for o in rng.permutation(p_objs)[: int(rng.integers(1, 3))]]
+    keep = [np.isin(m, p_objs) for m in p_masks]
+    imgs = [paste(pi, k, i) for pi, k, i in zip(p_imgs, keep, imgs)]
+    masks = [np.where(k, pm.astype(np.int32) + PARTNER_ID, m).astype(np.int32) for m, pm, k in zip(masks, p_masks, keep)]
+    objs = [o for o in objs if o in _big_objects(masks[0])]  # still visible after the occlusion
+    rng.shuffle(objs)
+    if objs and (copy or rng.random() < DISTRACTOR_P):
+        return imgs, masks, objs
+    extra = [o + PARTNER_ID for o in p_objs if o + PARTNER_ID in _big_objects(masks[0])]
+    return imgs, masks, objs[: max(1, max_objects - len(extra))] + extra
+
+
+def _shrink(imgs, masks, rng: np.random.Generator, scale=(0.35, 0.8)):
+    """Scale a partner clip down about a random point (one factor for all frames), so that its pasted objects
+    occlude part of the scene rather than all of it."""
+    h, w = masks[0].shape
+    f = rng.uniform(*scale)
+    cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+    A = np.array([[f, 0, cx * (1 - f)], [0, f, cy * (1 - f)]])
+    imgs = [cv2.warpAffine(i, A, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for i in imgs]
+    masks = [cv2.warpAffine(m.astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) for m in masks]
+    return imgs, masks
+
+
+PARTNER_ID = 1000  # partner ids are shifted by this in merged clips
+DISTRACTOR_P = 0.5  # merged clips: chance that another image's pasted objects are unlabelled distractors
+COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a look-alike distractor)
+
+
+def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects: int, max_gap: int,
+                seed: int, background: Annotated | None = None, aug: Augment | None = None) -> dict[str, torch.Tensor]:
+    """One 3-frame training clip from the unit's annotated frame.
+
+    static: the annotated frame under three random warps and colour jitters. composite: the annotated
+    objects cut out and pasted onto a frame of another video (`background`), object and background warped
+    independently, so the object moves against its surroundings and the scene has new distractors.
+    merge: a static clip with 1-2 objects of another annotated image (`background`, or the image itself) pasted
+    over it from their own static clip: occlusion, several objects, look-alike distractors (see `_merge`).
+    sparse/dense: the annotated frame and two real frames within max_gap of it (masks only where allowed).
+    Objects on frame 0 beyond max_objects stay unlabelled (background): more distractors.
+    """
+    rng = np.random.default_rng(seed)
+    aug = aug or augment_for(regime)
+    bg = None
+    if regime in ("composite", "merge") and background is None:
+        raise VosError(f"the {regime} regime needs a second unit (a source with at least 2 samples)")
+    if regime == "composite":
+        bg_full = background.load_frame(int(rng.integers(background.n_frames)))
+        bg_box = crop_box(np.zeros(bg_full.shape[:2], bool), size, rng)
+        bg_flip = bool(rng.random() < 0.5)
+        bg = [warp(bg_full, None, bg_box, size, random_homography(rng, *size, aug.background_warp * (k > 0)),
+                   bg_flip)[0] for k in range(3)]
+    imgs, masks, objs = _frames_of(unit, regime, size, max_gap, rng, aug)
     if bg is not None:
         keep = [np.isin(m, objs) for m in masks]
         imgs = [paste(i, k, b) for i, k, b in zip(imgs, keep, bg)]
         masks = [np.where(k, m, 0).astype(np.uint8) for m, k in zip(masks, keep)]
-    rng.shuffle(objs)
+    if regime == "merge":
+        copy = bool(rng.random() < COPY_P)
+        partner = _frames_of(unit if copy else background, "merge", size, max_gap, rng, aug)
+        imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy)
+    else:
+        rng.shuffle(objs)
     objs = objs[:max_objects]
     K = max_objects
     onehot = np.zeros((3, K, *size), np.float32)
@@ -126,8 +185,8 @@ class ClipDataset(torch.utils.data.Dataset):
         src, idx, seed = key
         s, units = self.sources[src], self.units[src]
         background = None
-        if s.regime == "composite" and len(units) > 1:
-            background = units[(idx + 1 + seed % (len(units) - 1)) % len(units)]  # any other video
+        if s.regime in ("composite", "merge") and len(units) > 1:
+            background = units[(idx + 1 + seed % (len(units) - 1)) % len(units)]  # any other sample
         return make_sample(units[idx], s.regime, self.size, self.max_objects, s.max_gap, seed, background,
                            self.augs[src])
 
