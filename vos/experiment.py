@@ -103,7 +103,7 @@ def run(name: str) -> dict:
            "per-video J&F std": float(np.std(list(jf.values()))), "min video J&F": min(jf.values()),
            "frames/s": frames / max(seconds, 1e-9), "s/video": seconds / len(jobs),
            "adapt s/video": adapt_seconds / len(jobs), "date": datetime.date.today().isoformat()}
-    text = (f"python -m vos.experiment {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}\n"
+    text = (f"python -m vos.experiment {_shown(path)}\n"
             f"{e.description}\ncheckpoint: {ckpt or e.method}; {int(frames)} frames at {row['frames/s']:.1f} frames/s; "
             f"{row['s/video']:.1f} s per video (of which adaptation {row['adapt s/video']:.1f} s)\n\n"
             f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
@@ -117,12 +117,7 @@ def run(name: str) -> dict:
         row["first-mask IoU"] = 100 * float(np.mean(prompt_ious))
         text += "first-mask IoU (box -> GrabCut vs ground truth): " + ", ".join(f"{100 * v:.1f}" for v in prompt_ious) \
             + f"; mean {row['first-mask IoU']:.1f}\n"
-    (RESULTS / "experiments").mkdir(parents=True, exist_ok=True)
-    with atomic_path(RESULTS / "experiments" / f"{name}.txt") as tmp:
-        tmp.write_text(text)
-    _record(row)
-    print(text)
-    return row
+    return _save(name, text, row)
 
 
 def _run_areas(name: str, path: Path, e, ckpt, dataset: str, runner, out: Path) -> dict:
@@ -134,7 +129,7 @@ def _run_areas(name: str, path: Path, e, ckpt, dataset: str, runner, out: Path) 
     from vos.inference.run import jobs_for_input
 
     row = {"experiment": name, "date": datetime.date.today().isoformat()}
-    text = (f"python -m vos.experiment {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}\n"
+    text = (f"python -m vos.experiment {_shown(path)}\n"
             f"{e.description}\ncheckpoint: {ckpt or e.method}\n")
     for seq in e.split.split(","):
         job, = jobs_for_input(str(Path(dataset) / "images" / seq), None, None, str(Path(dataset) / "masks" / seq))
@@ -160,12 +155,7 @@ def _run_areas(name: str, path: Path, e, ckpt, dataset: str, runner, out: Path) 
         text += (f"  smallest area of any object after it is given: {min(mins.values())} px (per object: "
                  + ", ".join(f"{k}: {v}" for k, v in mins.items()) + f"); object 1 at the last frame: {ratio:.2f}x "
                  f"its given area\n")
-    (RESULTS / "experiments").mkdir(parents=True, exist_ok=True)
-    with atomic_path(RESULTS / "experiments" / f"{name}.txt") as tmp:
-        tmp.write_text(text)
-    _record(row)
-    print(text)
-    return row
+    return _save(name, text, row)
 
 
 def _move_prompts(jobs: list, seqs: dict, frame: int) -> None:
@@ -212,6 +202,20 @@ def _box_prompt(job, folder: Path) -> float:
     job.prompts = {name: folder / f"{job.name}.png"}
     job.binary_255 = False
     return _fg_iou(gt, ids > 0)
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def _save(name: str, text: str, row: dict) -> dict:
+    """Write results/experiments/NAME.txt and the row of results/experiments.csv; print the text."""
+    (RESULTS / "experiments").mkdir(parents=True, exist_ok=True)
+    with atomic_path(RESULTS / "experiments" / f"{name}.txt") as tmp:
+        tmp.write_text(text)
+    _record(row)
+    print(text)
+    return row
 
 
 def _record(row: dict) -> None:
