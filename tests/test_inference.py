@@ -110,6 +110,23 @@ def test_memory_is_bounded_by_the_window(ckpt):
     assert p2.stored_frames == 3
 
 
+def test_frames_before_a_new_object_lose_their_background_descriptors():
+    """Frames stored before an object was added encoded its pixels as background: their background
+    descriptors must not compete for it (the decoder takes the max over frames); their objects stay."""
+    from vos.inference.memory import DescriptorMemory
+
+    mem = DescriptorMemory(num_bg=2, window=3)
+    mem.add(torch.ones(3, 4), frame=0, anchor=True)  # 2 background + object 1
+    mem.add(torch.ones(3, 4), frame=1, anchor=False)
+    mem.add(torch.ones(4, 4), frame=2, anchor=True)  # object 2 given here
+    desc, valid = mem.read(2)
+    assert desc.shape == (1, 3, 4, 4)
+    # order: anchors (frames 0, 2), then the other recent frames (1)
+    assert valid[0].tolist() == [[False, False, True, False], [True, True, True, True], [False, False, True, False]]
+    _, valid1 = DescriptorMemory(num_bg=2).read(1)
+    assert valid1 is None
+
+
 def test_small_real_object_keeps_being_tracked(shared_data):
     """soccerball at 128 px: the ball is ~23 px wide, under 3 stride-8 cells. Its channel must hold the ball."""
     from vos.data import list_sequences

@@ -40,7 +40,8 @@ class DescriptorMemory:
 
     def read(self, num_objects: int) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         """(1, T, Qb + num_objects, C) descriptors and (1, T, Qb + num_objects) validity; entries from before an
-        object was added are padded (invalid) for it. (None, None) when empty."""
+        object was added are padded (invalid) for it, and so are their background descriptors. (None, None)
+        when empty."""
         mem = self.entries()
         if not mem:
             return None, None
@@ -51,6 +52,10 @@ class DescriptorMemory:
         for t, e in enumerate(mem):
             desc[t, : len(e.desc)] = e.desc
             valid[t, : len(e.desc)] = True
+            if len(e.desc) < q:
+                # This frame predates an object: its background descriptors were encoded with that object's
+                # pixels as background and would claim them (the decoder takes the max over frames).
+                valid[t, : self.num_bg] = False
         return desc[None], valid[None]
 
     def remove_object(self, k: int) -> None:
