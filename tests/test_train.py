@@ -115,15 +115,21 @@ def _smoke_cmd(out, *extra):
             f"out_dir={out}", *extra]
 
 
-def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "process-group-with-a-loader-worker"])
+def test_sigterm_leaves_a_loadable_checkpoint(tmp_path, to_group):
+    """SIGTERM to the trainer, or to its whole process group (Ctrl-C, a cluster's pre-emption, pkill -f): the
+    loader workers must not die first and take the main process down before it checkpoints."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen(_smoke_cmd(tmp_path, "optim.steps=100000"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         env=env, text=True)
+    p = subprocess.Popen(_smoke_cmd(tmp_path, "optim.steps=100000", f"data.workers={int(to_group)}"),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True)
     deadline = time.time() + 120
     while not (tmp_path / "config.yaml").exists() and time.time() < deadline:
         time.sleep(0.5)
     time.sleep(4)
-    p.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(p.pid, signal.SIGTERM)
+    else:
+        p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 0, out[-2000:]
     state = load_checkpoint(tmp_path / "checkpoint.pt")

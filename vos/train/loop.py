@@ -46,6 +46,14 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to the main process. A signal sent to the whole process group
+    (Ctrl-C, a cluster's pre-emption, `pkill -f train.py`) would otherwise kill the workers first, and the main
+    process would die of "DataLoader worker killed" instead of checkpointing; the workers exit with their parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _StopFlag:
     """Turns SIGTERM/SIGINT into a request to checkpoint and stop at the end of the current step."""
 
@@ -126,7 +134,7 @@ class Trainer:
         sampler = MixtureSampler(dataset, c.optim.batch_size, c.seed, self.rank, self.step * self.accum,
                                  c.optim.steps * self.accum)
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=c.data.workers,
-                                           pin_memory=self.device.type == "cuda")
+                                           pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_stop_signals)
 
     def train_step(self, micro_batches: list[dict]) -> dict | None:
         """One optimizer step over `accum` micro-batches. Every micro-batch's loss is checked: if any is non-finite
