@@ -54,3 +54,29 @@ def test_sparse_folder_experiment_reports_each_object_s_area(tmp_path, results):
     assert row["clip: min object px after given"] == pytest.approx(min(a1, a2), rel=0.05)
     text = (results / "experiments" / "areas.txt").read_text()
     assert f"object 2 (given at frame 2, {a2} px)" in text
+
+
+def test_a_stopped_training_is_not_evaluated_and_resumes(tmp_path, results, monkeypatch):
+    import yaml
+
+    import vos.train.loop as loop
+    from vos.utils import VosError
+
+    root = write_davis(tmp_path / "d", {"a": make_clip(3, n_frames=4, size=(64, 96), n_objects=1, late_objects=0,
+                                                       leave_and_return=False)}, split="val")
+    tiny = ["model.channels=32", "model.mask_channels=8", "model.heads=4", "model.encoder.layers=1",
+            "model.decoder.layers=1", "model.backbone_weights=null", "data.size=[64,64]",
+            "data.sources=[{kind: synthetic, regime: static, length: 4}]", "log.wandb=disabled", "optim.warmup=1",
+            "optim.steps=3"]
+    smoke = experiment.ROOT / "configs/train/smoke.yaml"
+    cfg = tmp_path / "tiny_run.yaml"
+    cfg.write_text(yaml.safe_dump({"train": str(smoke), "train_overrides": tiny, "dataset": str(root),
+                                   "layout": "davis2017", "split": "val"}))
+    real_train = loop.train
+    monkeypatch.setattr(loop, "train", lambda c, resume=None: real_train(c, resume, stop_after=1))  # a SIGTERM
+    with pytest.raises(VosError, match="stopped at step 1 of 3"):
+        experiment.run(str(cfg))
+    assert not (results / "experiments.csv").exists()  # nothing recorded for a half-trained model
+    monkeypatch.setattr(loop, "train", real_train)
+    row = experiment.run(str(cfg))  # resumes to step 3, then evaluates
+    assert 0 <= row["J&F"] <= 100 and "tiny_run" in _rows(results)

@@ -38,7 +38,12 @@ def _train(name: str, e) -> Path:
     if ckpt.is_file() and int(load_checkpoint(ckpt)["step"]) >= cfg.optim.steps:
         print(f"{name}: {ckpt} is complete; not training again")
         return ckpt
-    return train(cfg, resume=str(ckpt) if ckpt.is_file() else None)
+    ckpt = train(cfg, resume=str(ckpt) if ckpt.is_file() else None)
+    step = int(load_checkpoint(ckpt)["step"])
+    if step < cfg.optim.steps:  # stopped by a signal: never evaluate a half-trained model as the experiment's
+        raise VosError(f"{name}: training stopped at step {step} of {cfg.optim.steps}; run the same command to "
+                       f"resume from {ckpt}")
+    return ckpt
 
 
 def checkpoint_of(name: str, done: set[str] | None = None) -> Path | None:
