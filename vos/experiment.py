@@ -141,10 +141,10 @@ def _run_areas(name: str, path: Path, e, ckpt, dataset: str, runner, out: Path) 
         runner.run(job, out, progress=False)
         pred = sorted((out / job.name).glob("*.png"))
         areas = [np.bincount(read_mask(q)[0].ravel(), minlength=256) for q in pred]
-        names = [q.stem for q in pred]
+        names, size = [q.stem for q in pred], read_mask(pred[0])[0].shape
         given = {}
         for fname, mpath in job.prompts.items():
-            ids = read_mask(mpath, size=read_mask(pred[0])[0].shape)[0]
+            ids = read_mask(mpath, size=size)[0]
             for k in set(np.unique(ids).tolist()) - {0}:
                 given.setdefault(k, (names.index(fname), int((ids == k).sum())))
         text += f"\n{seq}: object area (px) per frame, from the frame it is given\n"
@@ -153,8 +153,7 @@ def _run_areas(name: str, path: Path, e, ckpt, dataset: str, runner, out: Path) 
             seen = [int(a[k]) for a in areas[t0 + 1:]]
             mins[k] = min(seen) if seen else a0
             text += f"  object {k} (given at frame {t0}, {a0} px): " + " ".join(map(str, seen)) + "\n"
-        t1, a1 = given.get(1, (0, 1))
-        ratio = float(areas[-1][1]) / max(a1, 1)
+        ratio = float(areas[-1][1]) / max(given.get(1, (0, 1))[1], 1)
         row[f"{seq}: min object px after given"] = float(min(mins.values()))
         row[f"{seq}: object 1 area at last frame / given"] = ratio
         text += (f"  smallest area of any object after it is given: {min(mins.values())} px (per object: "

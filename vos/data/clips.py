@@ -31,6 +31,9 @@ from vos.utils import VosError
 
 MIN_AREA = 64  # objects smaller than this (pixels, in the crop) on frame 0 are not used
 REGIMES = ("static", "composite", "merge", "sparse", "dense")
+PARTNER_ID = 1000  # partner ids are shifted by this in merged clips
+DISTRACTOR_P = 0.5  # merged clips: chance that another image's pasted objects are unlabelled distractors
+COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a look-alike distractor)
 
 
 def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int, rng: np.random.Generator,
@@ -85,11 +88,12 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
     keep = [np.isin(m, p_objs) for m in p_masks]
     imgs = [paste(pi, k, i) for pi, k, i in zip(p_imgs, keep, imgs)]
     masks = [np.where(k, pm.astype(np.int32) + PARTNER_ID, m).astype(np.int32) for m, pm, k in zip(masks, p_masks, keep)]
-    objs = [o for o in objs if o in _big_objects(masks[0])]  # still visible after the occlusion
+    visible = _big_objects(masks[0])
+    objs = [o for o in objs if o in visible]  # still visible after the occlusion
     rng.shuffle(objs)
     if objs and (copy or rng.random() < DISTRACTOR_P):
         return imgs, masks, objs
-    extra = [o + PARTNER_ID for o in p_objs if o + PARTNER_ID in _big_objects(masks[0])]
+    extra = [o + PARTNER_ID for o in p_objs if o + PARTNER_ID in visible]
     return imgs, masks, objs[: max(1, max_objects - len(extra))] + extra
 
 
@@ -103,11 +107,6 @@ def _shrink(imgs, masks, rng: np.random.Generator, scale=(0.35, 0.8)):
     imgs = [cv2.warpAffine(i, A, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for i in imgs]
     masks = [cv2.warpAffine(m.astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) for m in masks]
     return imgs, masks
-
-
-PARTNER_ID = 1000  # partner ids are shifted by this in merged clips
-DISTRACTOR_P = 0.5  # merged clips: chance that another image's pasted objects are unlabelled distractors
-COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a look-alike distractor)
 
 
 def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects: int, max_gap: int,
