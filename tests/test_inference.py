@@ -112,19 +112,47 @@ def test_memory_is_bounded_by_the_window(ckpt):
 
 def test_frames_before_a_new_object_lose_their_background_descriptors():
     """Frames stored before an object was added encoded its pixels as background: their background
-    descriptors must not compete for it (the decoder takes the max over frames); their objects stay."""
+    descriptors must not compete for it (the decoder takes the max over frames); their objects stay. At the
+    frame where that object is given they do stay: its mask is forced in, and without background the other
+    objects would take every other pixel."""
     from vos.inference.memory import DescriptorMemory
 
     mem = DescriptorMemory(num_bg=2, window=3)
-    mem.add(torch.ones(3, 4), frame=0, anchor=True)  # 2 background + object 1
-    mem.add(torch.ones(3, 4), frame=1, anchor=False)
-    mem.add(torch.ones(4, 4), frame=2, anchor=True)  # object 2 given here
+    mem.add(torch.ones(3, 4), frame=0, given=torch.tensor([True]))  # 2 background + object 1
+    mem.add(torch.ones(3, 4), frame=1)
+    mem.add(torch.ones(4, 4), frame=2, given=torch.tensor([False, True]))  # object 2 given here
     desc, valid = mem.read(2)
     assert desc.shape == (1, 3, 4, 4)
     # order: anchors (frames 0, 2), then the other recent frames (1)
-    assert valid[0].tolist() == [[False, False, True, False], [True, True, True, True], [False, False, True, False]]
+    assert valid[0].tolist() == [[False, False, True, False], [False, False, True, False], [True, True, True, True]]
+    _, valid = mem.read(3, given=torch.tensor([False, False, True]))  # object 3 given at the frame decoded now
+    # frame 2 lacks only object 3 (given now): background kept; frames 0, 1 also lack object 2: not
+    assert valid[0, 2, :2].all() and not valid[0, :2, :2].any() and not valid[0, :, 4].any()
+    _, valid = mem.read(3, given=torch.tensor([True, False, False]))  # a correction of object 1 only
+    assert not valid[0, :, :2].any()
     _, valid1 = DescriptorMemory(num_bg=2).read(1)
     assert valid1 is None
+
+
+def test_an_anchor_keeps_only_what_was_given_there():
+    """Frames where masks were given stay in memory for the whole video, but only for the given objects (and
+    the background): the other objects' rows there are predictions and leave with the recent window."""
+    from vos.inference.memory import DescriptorMemory
+
+    mem = DescriptorMemory(num_bg=1, window=2)
+    mem.add(torch.full((2, 4), 0.0), frame=0, given=torch.tensor([True]))
+    mem.add(torch.full((3, 4), 1.0), frame=1, given=torch.tensor([False, True]))  # object 2 given; 1 predicted
+    _, valid = mem.read(2)
+    assert len(mem) == 2 and valid[0, -1].all()  # frame 1 is recent: every row counts
+    for t in (2, 3):
+        mem.add(torch.full((3, 4), float(t)), frame=t)
+    desc, valid = mem.read(2)
+    assert [e.frame for e in mem.entries()] == [0, 1, 2, 3]
+    assert valid[0, 1].tolist() == [True, False, True]  # anchor 1: background and object 2 only
+    assert valid[0, 0].tolist() == [False, True, False]  # anchor 0 predates object 2
+    mem.remove_object(0)  # object 1 leaves: anchor 1 keeps object 2 (now row 1)
+    _, valid = mem.read(1)
+    assert valid[0, 1].tolist() == [True, True] and not valid[0, 0].any()  # anchor 0 predates object 2
 
 
 def test_small_real_object_keeps_being_tracked(shared_data):

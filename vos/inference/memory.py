@@ -1,7 +1,9 @@
 """The descriptor memory of one video (after Cutie's memory_manager): what the decoder attends to.
 
 It holds the descriptors of the last `window` processed frames and, with `keep_anchors`, those of every
-frame where masks were given (the anchors), so it never grows with the video's length.
+frame where masks were given (the anchors), so it never grows with the video's length. An anchor is kept for
+what was GIVEN there: once it leaves the recent window, only its background and the objects given at that frame
+stay; the other objects' rows there are predictions, no better than any other frame's, and age out with them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 class Entry:
     desc: torch.Tensor  # (Qb + n, C): background descriptors, then the n objects known at that frame
     frame: int
+    objects: torch.Tensor | None = None  # (n,) bool: which object rows are valid (None: all)
 
 
 class DescriptorMemory:
@@ -29,18 +32,21 @@ class DescriptorMemory:
         return len(self.entries())
 
     def entries(self) -> list[Entry]:
-        """Anchors (oldest first), then recent frames (oldest first), each once."""
-        return self.anchors + [e for e in self.recent if all(e is not a for a in self.anchors)]
+        """Anchors that left the recent window (oldest first), then the recent frames (oldest first)."""
+        recent = {e.frame for e in self.recent}
+        return [a for a in self.anchors if a.frame not in recent] + list(self.recent)
 
-    def add(self, desc: torch.Tensor, frame: int, anchor: bool) -> None:
-        e = Entry(desc, frame)
-        self.recent.append(e)
-        if anchor and self.keep_anchors:
-            self.anchors.append(e)
+    def add(self, desc: torch.Tensor, frame: int, given: torch.Tensor | None = None) -> None:
+        """Store a frame's descriptors. given: (n,) bool, the objects whose masks were given at this frame (None:
+        none); such a frame becomes an anchor for those objects."""
+        self.recent.append(Entry(desc, frame))
+        if given is not None and self.keep_anchors:
+            self.anchors.append(Entry(desc, frame, given.clone()))
 
-    def read(self, num_objects: int) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+    def read(self, num_objects: int, given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         """(1, T, Qb + num_objects, C) descriptors and (1, T, Qb + num_objects) validity; entries from before an
-        object was added are padded (invalid) for it, and so are their background descriptors. (None, None)
+        object was added are padded (invalid) for it, and so are their background descriptors, unless every
+        object they lack is given (`given`: (num_objects,) bool) at the frame being decoded. (None, None)
         when empty."""
         mem = self.entries()
         if not mem:
@@ -52,15 +58,21 @@ class DescriptorMemory:
         for t, e in enumerate(mem):
             desc[t, : len(e.desc)] = e.desc
             valid[t, : len(e.desc)] = True
-            if len(e.desc) < q:
+            if e.objects is not None:
+                valid[t, self.num_bg: len(e.desc)] = e.objects
+            if len(e.desc) < q and not (given is not None and bool(given[len(e.desc) - self.num_bg:].all())):
                 # This frame predates an object: its background descriptors were encoded with that object's
-                # pixels as background and would claim them (the decoder takes the max over frames).
+                # pixels as background and would claim them (the decoder takes the max over frames). Where that
+                # object is given, its mask is forced in anyway, and without background the others would
+                # take every pixel.
                 valid[t, : self.num_bg] = False
         return desc[None], valid[None]
 
     def remove_object(self, k: int) -> None:
         """Drop the descriptors of the k-th object (0-based) from every stored frame."""
         row = self.num_bg + k
-        for e in {id(e): e for e in self.entries()}.values():
+        for e in self.anchors + list(self.recent):
             if len(e.desc) > row:
                 e.desc = torch.cat([e.desc[:row], e.desc[row + 1:]])
+                if e.objects is not None:
+                    e.objects = torch.cat([e.objects[:k], e.objects[k + 1:]])

@@ -84,9 +84,9 @@ class Propagator:
                     full[0, k] = torch.as_tensor(np.asarray(mask, np.float32), device=self.device)
                     given_valid[0, k] = True
                 given = m.masks_to_s4(full, feats)
-            memory, memory_valid = self.memory.read(n)
+            memory, memory_valid = self.memory.read(n, None if given_valid is None else given_valid[0])
             out = m.step(feats, memory, memory_valid, given, given_valid)
-        self.memory.add(out.desc[0], self.frame_index, anchor=given is not None)
+        self.memory.add(out.desc[0], self.frame_index, given_valid[0] if given is not None else None)
         self.last = out
         self.frame_index += 1
         probs = m.upsample(out.probs, feats, out_size)
