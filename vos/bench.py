@@ -46,7 +46,7 @@ def bench_infer(a) -> None:
     model = load_model(ckpt, device) if Path(ckpt).is_file() else HODOR(cfg.model).to(device).eval().fuse_for_inference()
     video = VideoFile(a.video, short_side=cfg.short_side or None)
     H, W = video.native_size
-    prop = Propagator(model, cfg.window, cfg.anchor_first, cfg.amp)
+    prop = Propagator(model, cfg.window, cfg.anchor_first, cfg.amp, cfg.locality)
     mask = np.zeros(video.size, np.float32)
     h, w = video.size
     mask[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = 1

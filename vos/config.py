@@ -79,6 +79,9 @@ class InferConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     window: int = 7  # W: past frames whose descriptors the decoder attends to
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
+    # locality prior: each object stays within this fraction of the frame's longer side of where it was in the
+    # last frame (its probability x1e-3 beyond), so look-alikes far away do not take it over; 0 = off
+    locality: float = 0.2
     short_side: int = 288  # internal resolution (shorter image side); 0 = native resolution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU

@@ -114,7 +114,7 @@ class Runner:
 
     def stepper(self, model: HODOR | None = None):
         if self.method == "hodor":
-            return Propagator(model or self.model, self.cfg.window, self.cfg.anchor_first, self.cfg.amp)
+            return Propagator(model or self.model, self.cfg.window, self.cfg.anchor_first, self.cfg.amp, self.cfg.locality)
         return BaselineStepper(BASELINES[self.method]())
 
     def adapt(self, session: VideoSession) -> float:

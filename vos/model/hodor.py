@@ -267,7 +267,8 @@ class HODOR(nn.Module):
 
     def step(self, feats: Features, memory: torch.Tensor | None = None, memory_valid: torch.Tensor | None = None,
              given: torch.Tensor | None = None, given_valid: torch.Tensor | None = None,
-             valid: torch.Tensor | None = None, detach_probs: bool = False, encode: bool = True) -> StepOutput:
+             valid: torch.Tensor | None = None, detach_probs: bool = False, encode: bool = True,
+             prior: torch.Tensor | None = None) -> StepOutput:
         """One frame: decode it from past descriptors, force the given masks in, re-encode its descriptors.
 
         memory (B, T, Q, C), memory_valid (B, T, Q): descriptors of past frames (None: nothing to decode from,
@@ -277,6 +278,8 @@ class HODOR(nn.Module):
         valid (B, I) bool: real (not padding) objects. detach_probs: stop gradients through the soft masks
             into the re-encoding (the reference code's choice; training only). encode=False: skip the re-encoding
             (desc None) when nothing will attend to this frame (the last frame of a training cycle).
+        prior (B, 1 + I, H/4, W/4): non-negative weights on the decoded probabilities (renormalised), applied
+            before the given masks are forced; e.g. inference's locality prior.
         """
         f = feats.f8
         B = f.shape[0]
@@ -285,6 +288,9 @@ class HODOR(nn.Module):
         if memory is not None:
             logits = self.decode(feats, memory, memory_valid)
             probs = logits_to_probs(logits, self.num_bg)
+            if prior is not None:
+                probs = probs * prior
+                probs = probs / probs.sum(1, keepdim=True).clamp(min=1e-6)
         else:
             probs = torch.zeros(B, 1 + I, *feats.f4.shape[-2:], device=f.device)
             probs[:, 0] = 1
