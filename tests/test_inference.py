@@ -223,7 +223,7 @@ def test_training_and_inference_paths_agree():
         n2 = ((GT, n1), 2)  # [0, 1] -> 2: what inference does at frame 2 with the anchor and window >= 2
         train_desc = [g.desc(GT), g.desc(n1), g.desc(n2)]
         train_logits = [g.logits(n1), g.logits(n2)]
-    p = Propagator(model, window=7, anchor_first=True)
+    p = Propagator(model, window=7, anchor_first=True, amp=False)  # the training graph here runs in fp32
     inf_logits = []
     for t in range(3):
         p.step(images[0, t], {1: mask[0, 0, 0].numpy()} if t == 0 else None)
@@ -254,7 +254,7 @@ def test_fused_model_gives_the_unfused_output(tmp_path):
     frames, masks = make_clip(3, n_frames=4, size=(64, 96), n_objects=2, late_objects=0)
     outs = []
     for m in (plain, fused):
-        p = Propagator(m, window=3)
+        p = Propagator(m, window=3, amp=False)  # folding is exact in fp32; bf16 rounds the two differently
         outs.append([p.step(f, {k: (masks[0] == k).astype(np.float32) for k in (1, 2)} if t == 0 else None)[1]
                      for t, f in enumerate(frames)])
     for a, b in zip(*outs):

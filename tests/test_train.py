@@ -158,7 +158,7 @@ def test_wandb_offline_logs_keys_and_images(tmp_path, monkeypatch):
     wandb.teardown()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    keys = (b"loss/0>0", b"grad_norm", b"lr", b"clips_per_s", b"iou/object1", b"dice/object1")
+    keys = (b"loss/0>0", b"grad_norm", b"lr", b"clips_per_s", b"data_wait_s", b"iou/object1", b"dice/object1")
     deadline = time.time() + 60
     while True:
         data = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
@@ -336,6 +336,21 @@ def test_accumulation_checks_every_micro_batch_and_logs_the_mean(tmp_path, monke
     logs = trainer.train_step([batch, batch])  # real losses: the weights move
     assert logs is not None and any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items()
                                     if v.is_floating_point())
+
+
+def test_time_waiting_for_data_is_counted(tmp_path):
+    """The loop adds the time spent waiting for each batch to data_seconds (what `vos.bench train` and the
+    logs report, to see whether data loading starves the step)."""
+    from vos.train.loop import Trainer
+
+    def slow():
+        for i in range(3):
+            time.sleep(0.1)
+            yield i
+
+    t = Trainer(cfg_for(tmp_path, "optim.steps=2"))
+    assert list(t._timed(slow())) == [0, 1, 2]
+    assert 0.3 <= t.data_seconds < 5
 
 
 def test_learning_rate_schedule(tmp_path):

@@ -84,7 +84,7 @@ class InferConfig:
     locality: float = 0.2
     short_side: int = 288  # internal resolution (shorter image side); 0 = native resolution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
+    amp: bool = True  # mixed precision: bf16 (fp16 on CUDA without bf16); on a CPU only with native bf16
     adapt: AdaptConfig = field(default_factory=lambda: AdaptConfig())
 
 
@@ -132,7 +132,7 @@ class OptimConfig:
     batch_size: int = 2  # per process
     effective_batch: int = 0  # 0 = batch_size * world size; else accumulate gradients to reach it
     clip_grad: float = 1.0
-    amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; off on CPU
+    amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; bf16 on a CPU with native bf16, else off
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row
 
 

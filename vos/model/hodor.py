@@ -189,7 +189,8 @@ class HODOR(nn.Module):
         """images (N, 3, H, W) in [0, 1]; any H, W (padded internally to a multiple of 32)."""
         H, W = images.shape[-2:]
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        f4, f8 = self.fpn(self.backbone(pad_to_stride(x)))
+        # channels-last: oneDNN's convolutions are faster in it on the CPU (both directions), harmless on CUDA
+        f4, f8 = self.fpn(self.backbone(pad_to_stride(x).contiguous(memory_format=torch.channels_last)))
         return Features(f4, f8, (H, W))
 
     # ------------------------------------------------------------------------------------------- encoder

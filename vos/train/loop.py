@@ -107,7 +107,7 @@ class Trainer:
             if to_dict(config_from_dict(TrainConfig, state["config"]).model) != to_dict(cfg.model):
                 raise VosError(f"--resume {resume}: the checkpoint's model config differs from this run's")
         torch.manual_seed(cfg.seed + self.rank)
-        self.model = HODOR(cfg.model).to(self.device)
+        self.model = HODOR(cfg.model).to(self.device, memory_format=torch.channels_last)
         if cfg.init_from and state is None:
             init_from(self.model, cfg.init_from)
         self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles).to(self.device)
@@ -126,6 +126,8 @@ class Trainer:
         self.accum = max(1, o.effective_batch // (o.batch_size * self.world)) if o.effective_batch else 1
         self.skipped = self.bad_in_row = 0
         self.run = None
+        self.data_seconds = 0.0  # time the loop waited for the DataLoader (this invocation)
+        self.first_step_done: float | None = None  # perf_counter() when this invocation's first step ended
 
     # --------------------------------------------------------------------------------------------- parts
     def loader(self) -> torch.utils.data.DataLoader:
@@ -135,6 +137,18 @@ class Trainer:
                                  c.optim.steps * self.accum)
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=c.data.workers,
                                            pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_stop_signals)
+
+    def _timed(self, batches):
+        """The loader's batches, adding the time spent waiting for each to data_seconds."""
+        it = iter(batches)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.data_seconds += time.perf_counter() - t
+            yield batch
 
     def train_step(self, micro_batches: list[dict]) -> dict | None:
         """One optimizer step over `accum` micro-batches. Every micro-batch's loss is checked: if any is non-finite
@@ -185,7 +199,8 @@ class Trainer:
             for k, n in enumerate(count):
                 if n:
                     logs[f"iou/object{k + 1}"], logs[f"dice/object{k + 1}"] = iou[k] / n, dice[k] / n
-        logs.update(lr=self.sched.get_last_lr()[0], clips_per_s=clips_per_s, skipped_steps=self.skipped)
+        logs.update(lr=self.sched.get_last_lr()[0], clips_per_s=clips_per_s, skipped_steps=self.skipped,
+                    data_wait_s=self.data_seconds)
         bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{logs['lr']:.2e}")
         if self.run is not None:
             if self.cfg.log.image_every and self.step % self.cfg.log.image_every == 0:
@@ -228,7 +243,7 @@ class Trainer:
         bar = tqdm(total=c.optim.steps, initial=start, disable=self.rank != 0, desc="train", dynamic_ncols=True)
         final, t0, seen, micro = self.out_dir / "checkpoint.pt", time.time(), 0, []
         try:
-            for batch in self.loader():
+            for batch in self._timed(self.loader()):
                 micro.append({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
                 if len(micro) < self.accum:
                     continue
@@ -236,6 +251,7 @@ class Trainer:
                 seen += sum(b["images"].shape[0] for b in micro) * self.world
                 micro = []
                 bar.update(1)
+                self.first_step_done = self.first_step_done or time.perf_counter()
                 if logs is not None and self.rank == 0 and self.step % c.log.every == 0:
                     self.log(logs, batch, seen / max(1e-9, time.time() - t0), bar)
                 if c.val.every and self.step % c.val.every == 0 and self.rank == 0:

@@ -18,10 +18,16 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16; None (full precision) on the CPU, where autocast brings no speed."""
-    if not enabled or device.type != "cuda":
+    """bf16 on CUDA where supported, else fp16; bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX:
+    oneDNN then trains ~18% and infers ~15% faster, RESULTS.md); None (full precision) elsewhere, where bf16
+    would be emulated and slower."""
+    if not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.bfloat16
+    return None
 
 
 def autocast(device: torch.device, enabled: bool):
