@@ -41,12 +41,12 @@ class DescriptorMemory:
         none); such a frame becomes an anchor for those objects."""
         self.recent.append(Entry(desc, frame))
         if given is not None and self.keep_anchors:
-            self.anchors.append(Entry(desc, frame, given.clone()))
+            self.anchors.append(Entry(desc, frame, given.to(desc.device)))
 
     def read(self, num_objects: int, given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         """(1, T, Qb + num_objects, C) descriptors and (1, T, Qb + num_objects) validity; entries from before an
         object was added are padded (invalid) for it, and so are their background descriptors, unless every
-        object they lack is given (`given`: (num_objects,) bool) at the frame being decoded. (None, None)
+        object they lack is given (`given`: (num_objects,) bool, on the host) at the frame being decoded. (None, None)
         when empty."""
         mem = self.entries()
         if not mem:
