@@ -223,7 +223,8 @@ def test_training_and_inference_paths_agree():
         n2 = ((GT, n1), 2)  # [0, 1] -> 2: what inference does at frame 2 with the anchor and window >= 2
         train_desc = [g.desc(GT), g.desc(n1), g.desc(n2)]
         train_logits = [g.logits(n1), g.logits(n2)]
-    p = Propagator(model, window=7, anchor_first=True, amp=False)  # the training graph here runs in fp32
+    # the training graph here runs in fp32 and has no locality prior (an inference-only weighting)
+    p = Propagator(model, window=7, anchor_first=True, amp=False, locality=0)
     inf_logits = []
     for t in range(3):
         p.step(images[0, t], {1: mask[0, 0, 0].numpy()} if t == 0 else None)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vos.config import InferConfig
 from vos.inference.memory import DescriptorMemory
 from vos.inference.objects import ObjectManager
 from vos.model import HODOR, StepOutput, force_masks
@@ -33,8 +34,8 @@ class Propagator:
       locality: radius of the locality prior as a fraction of the frame's longer side (0: no prior; `_prior`).
     """
 
-    def __init__(self, model: HODOR, window: int = 7, anchor_first: bool = True, amp: bool = True,
-                 locality: float = 0.0):
+    def __init__(self, model: HODOR, window: int = InferConfig.window, anchor_first: bool = InferConfig.anchor_first,
+                 amp: bool = InferConfig.amp, locality: float = InferConfig.locality):
         # channels-last memory format: ~1.5x faster convolutions on the CPU (oneDNN), harmless on CUDA.
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.device = next(model.parameters()).device

@@ -25,9 +25,15 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+    if device.type == "cpu" and _native_cpu_bf16():
         return torch.bfloat16
     return None
+
+
+def _native_cpu_bf16() -> bool:
+    # private torch.cpu helpers (present in the pinned torch); a torch without them gets fp32
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
 
 
 def autocast(device: torch.device, enabled: bool):
