@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import nullcontext
 
@@ -30,6 +31,7 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return None
 
 
+@functools.cache  # asked on every autocast(), i.e. every frame and training step
 def _native_cpu_bf16() -> bool:
     # private torch.cpu helpers (present in the pinned torch); a torch without them gets fp32
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
