@@ -506,3 +506,64 @@ def test_test_time_adaptation_leaves_the_model_and_is_deterministic(ckpt, clip_d
     assert run("--input", d / "clip.mp4", "--mask", d / "masks" / "00000.png", "--out", tmp_path, "--checkpoint",
                ckpt, "adapt.steps=2", "adapt.size=64") == 0
     assert len(list((tmp_path / "clip").glob("*.png"))) == len(frames)
+
+
+def _tiny_checkpoint(path: Path, seed: int) -> Path:
+    cfg = load_config(InferConfig, None, TINY)
+    torch.manual_seed(seed)
+    save_checkpoint(path, {"model": HODOR(cfg.model).state_dict(), "config": {"model": to_dict(cfg.model)}})
+    return path
+
+
+def test_an_ensemble_averages_its_members_and_ships_as_one_checkpoint(clip_dir, tmp_path):
+    """Members decode from their own descriptors and re-encode from the averaged masks: at the first frame after
+    the given one (both encoded the same given mask) the ensemble's probabilities are the mean of the members'
+    own; two identical members give the single model's output on every frame."""
+    from vos.checkpoint import export
+    from vos.model import Ensemble
+
+    d, frames, masks, _ = clip_dir
+    a, b = _tiny_checkpoint(tmp_path / "a.pt", 0), _tiny_checkpoint(tmp_path / "b.pt", 1)
+    export([str(a), str(b)], str(tmp_path / "ens.pt"), ensemble=True)
+    export([str(a), str(a)], str(tmp_path / "same.pt"), ensemble=True)
+    export([str(a)], str(tmp_path / "a16.pt"))  # the members are stored in fp16, as a single export is
+    cpu = torch.device("cpu")
+    ens, same, single, member_b = (load_model(p, cpu) for p in (tmp_path / "ens.pt", tmp_path / "same.pt",
+                                                                 tmp_path / "a16.pt", b))
+    assert isinstance(ens, Ensemble) and len(ens.members) == 2
+    with torch.no_grad():
+        for w in member_b.parameters():
+            w.copy_(w.half().float())  # b's weights as the ensemble stores them
+    given = {k: (masks[0] == k).astype(np.float32) for k in (1, 2)}
+
+    def propagate(model, n):
+        p = Propagator(model, amp=False)
+        return [p.step(f, given if t == 0 else None)[1] for t, f in enumerate(frames[:n])]
+
+    e1, a1, b1 = (propagate(m, 2)[1] for m in (ens, single, member_b))
+    assert not torch.allclose(a1, b1, atol=1e-2)  # the members disagree
+    torch.testing.assert_close(e1, (a1 + b1) / 2, atol=1e-4, rtol=1e-3)
+    for x, y in zip(propagate(same, 6), propagate(single, 6), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3)
+    # test-time adaptation tunes each member; infer.py takes it like any checkpoint; a truncated one is refused
+    from vos.config import AdaptConfig
+    from vos.data import FrameFolder
+    from vos.inference import VideoSession
+    from vos.train.adapt import adapt
+
+    session = VideoSession(None, FrameFolder(d / "frames"))
+    session.add_mask(0, masks[0])
+    tuned, _ = adapt(ens, session.frames, session.prompts, AdaptConfig(steps=1, batch_size=1, size=64))
+    assert isinstance(tuned, Ensemble) and all(
+        any(not torch.equal(w, v) for w, v in zip(t.parameters(), m.parameters()))
+        for t, m in zip(tuned.members, ens.members))
+    assert run("--input", d / "clip.mp4", "--mask", d / "masks" / "00000.png", "--out", tmp_path / "out",
+               "--checkpoint", tmp_path / "ens.pt", "adapt.steps=1", "adapt.size=64") == 0
+    assert len(list((tmp_path / "out" / "clip").glob("*.png"))) == len(frames)
+    data = (tmp_path / "ens.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(VosError, match="corrupt or truncated"):
+        load_model(tmp_path / "cut.pt", cpu)
+    with pytest.raises(VosError, match="at least two"):
+        export([str(a)], str(tmp_path / "one.pt"), ensemble=True)
+    assert not (tmp_path / "one.pt").exists()

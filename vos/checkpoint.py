@@ -3,19 +3,21 @@ inference, and export (`python -m vos.checkpoint SRC.pt [SRC2.pt ...] DST.pt`).
 
 A checkpoint is a dict with "model" (weights) and "config" (the training config as a plain dict, or at least
 {"model": ...}); training checkpoints add "optimizer", "scheduler", "scaler", "step" and "rng".
-A frozen backbone is left out of "model" and restored from its weights package when loaded.
+A frozen backbone is left out of "model" and restored from its weights package when loaded. An ensemble
+checkpoint (`export(..., ensemble=True)`) keeps each member's weights under "members.<i>." and lists its sources
+in "ensemble"; it loads as a `vos.model.Ensemble`.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
-import sys
 from pathlib import Path
 
 import torch
 
 from vos.config import ModelConfig, config_from_dict
-from vos.model import HODOR
+from vos.model import HODOR, Ensemble
 from vos.utils import VosError, atomic_path
 
 BACKBONE = r"backbone\."
@@ -106,35 +108,47 @@ def restore_training(state: dict, model, optimizer, scheduler, scaler, device: t
     return int(state["step"])
 
 
-def load_model(path: str | Path, device: torch.device, fuse: bool = True) -> HODOR:
-    """A HODOR model for inference from a checkpoint that carries its own model config (BatchNorm folded into
-    the convolutions unless fuse=False)."""
+def load_model(path: str | Path, device: torch.device, fuse: bool = True) -> HODOR | Ensemble:
+    """A HODOR model (or an Ensemble of them) for inference from a checkpoint that carries its own model config
+    (BatchNorm folded into the convolutions unless fuse=False)."""
     state = load_checkpoint(path)
     try:
         mcfg = config_from_dict(ModelConfig, state["config"]["model"])
     except (KeyError, VosError) as e:
         raise CheckpointError(f"{path}: no usable model config inside ({e})") from None
-    has_backbone = _has_backbone(state["model"])
+    n = len(state.get("ensemble") or [])
+    has_backbone = _has_backbone({re.sub(r"^members\.\d+\.", "", k): v for k, v in state["model"].items()})
     if has_backbone or not mcfg.freeze_backbone:
         mcfg.backbone_weights = None  # the checkpoint holds all weights
-    elif mcfg.backbone_weights is None:
+    elif mcfg.backbone_weights is None or n:
         raise CheckpointError(f"{path} has no backbone weights and names no source for them")
-    model = HODOR(mcfg)
+    model = Ensemble([HODOR(mcfg) for _ in range(n)]) if n else HODOR(mcfg)
     load_weights(model, state["model"], f"{path} does not fit the model it describes; is it a vos checkpoint "
                  "of this version?", may_miss=NOTHING if has_backbone else BACKBONE)
     model = model.to(device).eval()
     return model.fuse_for_inference() if fuse else model
 
 
-def export(srcs: list[str], dst: str) -> None:
+def export(srcs: list[str], dst: str, ensemble: bool = False) -> None:
     """Keep the weights (fp16 storage: the loader casts back to fp32) and the first source's config; drop the
     optimizer, scheduler and RNG states. Several sources of one architecture are averaged weight by weight (a
-    "model soup"; it helps when the runs started from the same initialisation)."""
+    "model soup"; it helps when the runs started from the same initialisation), or with `ensemble` kept side by
+    side as the members of an Ensemble (their predictions are averaged at every frame)."""
     states = [load_checkpoint(s) for s in srcs]
     first = states[0]["model"]
     for src, state in zip(srcs[1:], states[1:]):
         if state["model"].keys() != first.keys() or any(state["model"][k].shape != v.shape for k, v in first.items()):
-            raise VosError(f"cannot average {srcs[0]} and {src}: the architectures differ")
+            raise VosError(f"cannot {'ensemble' if ensemble else 'average'} {srcs[0]} and {src}: the architectures "
+                           "differ")
+    if ensemble:
+        if len(srcs) < 2:
+            raise VosError("an ensemble needs at least two source checkpoints")
+        if not all(_has_backbone(s["model"]) for s in states):
+            raise VosError("ensemble members must carry their backbone weights (trained with an unfrozen backbone)")
+        weights = {f"members.{i}.{k}": v.half() if v.is_floating_point() else v
+                   for i, s in enumerate(states) for k, v in s["model"].items()}
+        save_checkpoint(dst, {"model": weights, "config": states[0]["config"], "ensemble": list(srcs)})
+        return
     weights = {}
     for k, v in first.items():
         if v.is_floating_point():
@@ -146,9 +160,13 @@ def export(srcs: list[str], dst: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit("export a shippable model: python -m vos.checkpoint SRC.pt [SRC2.pt ...] DST.pt")
+    ap = argparse.ArgumentParser(prog="python -m vos.checkpoint", description="export a shippable model: one "
+                                 "checkpoint, a weight average of several, or (--ensemble) an ensemble of several")
+    ap.add_argument("src", nargs="+", help="source checkpoints")
+    ap.add_argument("dst", help="the exported checkpoint")
+    ap.add_argument("--ensemble", action="store_true", help="keep the sources as ensemble members")
+    args = ap.parse_args()
     try:
-        export(sys.argv[1:-1], sys.argv[-1])
+        export(args.src, args.dst, args.ensemble)
     except VosError as e:
-        sys.exit(f"error: {e}")
+        ap.exit(1, f"error: {e}\n")

@@ -190,6 +190,7 @@ class ExperimentConfig:
     train_overrides: list[str] = field(default_factory=list)
     checkpoint: str = ""  # instead of training: a checkpoint path, or "runs/<name>" of an experiment in `after`
     average: list[str] = field(default_factory=list)  # instead: the weight average of these experiments' runs
+    ensemble: list[str] = field(default_factory=list)  # instead: these experiments' runs as one Ensemble
     method: str = "hodor"  # hodor | copy | flow
     # mask: the dataset's first-frame annotation; box: a GrabCut mask from the annotation's bounding box
     # (what `infer.py --box` does), as a user without a mask file would start

@@ -18,7 +18,7 @@ import torch
 from vos.data import FrameSource
 from vos.data.clips import make_sample
 from vos.data.sources import Annotated
-from vos.model import HODOR
+from vos.model import HODOR, Ensemble
 from vos.train.cycles import CycleModel
 
 HEADS = ("encoder.", "decoder.", "up8.", "head.", "desc_proj.", "catch_all.", "bg_query", "obj_query")
@@ -36,10 +36,14 @@ def _units(frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]]) -> li
     return units
 
 
-def adapt(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]], cfg) -> tuple[HODOR, float]:
+def adapt(model: HODOR | Ensemble, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]],
+          cfg) -> tuple[HODOR | Ensemble, float]:
     """A copy of `model` fine-tuned for cfg.steps steps on this video's prompts (frame -> {object id: mask});
-    returns (the copy in eval mode, seconds spent). cfg: an AdaptConfig."""
+    returns (the copy in eval mode, seconds spent). cfg: an AdaptConfig. An Ensemble's members are tuned one
+    by one."""
     t0 = time.time()
+    if isinstance(model, Ensemble):
+        return Ensemble([adapt(m, frames, prompts, cfg)[0] for m in model.members]).eval(), time.time() - t0
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model).to(memory_format=torch.contiguous_format).train()
     for name, p in tuned.named_parameters():
