@@ -499,6 +499,21 @@ def test_test_time_adaptation_leaves_the_model_and_is_deterministic(ckpt, clip_d
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
     assert any(not torch.equal(wa[k], v) for k, v in before.items() if v.is_floating_point())  # it did train
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+    # an object given at another frame would be taught as background where it is not given: such frames are
+    # left out, and with no frame giving every object nothing is adapted
+    late = VideoSession(None, FrameFolder(d / "frames"))
+    late.add_mask(0, np.where(masks[0] == 1, 1, 0).astype(np.uint8))
+    late.add_mask(3, np.where(masks[3] == 2, 2, 0).astype(np.uint8))
+    with pytest.warns(UserWarning, match="adaptation skipped"):
+        skipped, seconds = adapt(model, late.frames, late.prompts, cfg)
+    assert skipped is model and seconds == 0.0
+    both = np.where(np.isin(masks[9], (1, 2)), masks[9], 0).astype(np.uint8)
+    late.add_mask(9, both)  # both given at frame 9
+    only9, _ = adapt(model, late.frames, late.prompts, cfg)
+    again = VideoSession(None, FrameFolder(d / "frames"))
+    again.add_mask(9, both)
+    w9, wa9 = only9.state_dict(), adapt(model, again.frames, again.prompts, cfg)[0].state_dict()
+    assert only9 is not model and all(torch.equal(w9[k], wa9[k]) for k in w9)  # frames 0 and 3 were not used
     heads, _ = adapt(model, session.frames, session.prompts, AdaptConfig(steps=1, size=64, train="heads"))
     wh = heads.state_dict()
     assert all(torch.equal(wh[k], v) for k, v in before.items() if k.startswith(("backbone.", "fpn.")))
