@@ -579,6 +579,9 @@ def test_an_ensemble_averages_its_members_and_ships_as_one_checkpoint(clip_dir, 
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(VosError, match="corrupt or truncated"):
         load_model(tmp_path / "cut.pt", cpu)
+    from vos.checkpoint import init_from
+    with pytest.raises(VosError, match="an ensemble checkpoint; start from one of its members"):
+        init_from(load_model(a, cpu, fuse=False), tmp_path / "ens.pt")
     with pytest.raises(VosError, match="at least two"):
         export([str(a)], str(tmp_path / "one.pt"), ensemble=True)
     assert not (tmp_path / "one.pt").exists()

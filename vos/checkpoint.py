@@ -84,6 +84,9 @@ def init_from(model: HODOR, path: str | Path) -> None:
     """Start a run from another checkpoint's weights. A frozen backbone may be absent from it; a different
     decoder.pixel_block starts fresh (only that block)."""
     state = load_checkpoint(path)
+    if state.get("ensemble"):
+        raise CheckpointError(f"init_from {path}: an ensemble checkpoint; start from one of its members "
+                              f"({', '.join(state['ensemble'])})")
     theirs = state["config"].get("model", {}).get("decoder", {}).get("pixel_block")
     block = r"decoder\.\d+\.block\." if theirs != model.cfg.decoder.pixel_block else NOTHING
     load_weights(model, state["model"], f"init_from {path}: model does not match this config",

@@ -63,7 +63,8 @@ def checkpoint_of(name: str, done: set[str] | None = None) -> Path | None:
         return _train(name, e)
     if e.average or e.ensemble:
         dst = Path("runs") / name / ("average.pt" if e.average else "ensemble.pt")
-        export([str(checkpoint_of(d, done)) for d in e.average or e.ensemble], str(dst), ensemble=bool(e.ensemble))
+        srcs = [str(checkpoint_of(d, done)) for d in e.average or e.ensemble]
+        export(srcs, str(dst), ensemble=bool(e.ensemble))
         return dst
     if e.checkpoint:
         p = Path(e.checkpoint)

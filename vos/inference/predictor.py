@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from vos.config import InferConfig
 from vos.inference.memory import DescriptorMemory
 from vos.inference.objects import ObjectManager
-from vos.model import HODOR, StepOutput, force_masks
+from vos.model import HODOR, Ensemble, StepOutput, force_masks
 from vos.utils.device import autocast
 
 LOCALITY_FLOOR = 1e-3  # weight of an object's probability far from where it was in the last frame
@@ -34,8 +34,9 @@ class Propagator:
       locality: radius of the locality prior as a fraction of the frame's longer side (0: no prior; `_prior`).
     """
 
-    def __init__(self, model: HODOR, window: int = InferConfig.window, anchor_first: bool = InferConfig.anchor_first,
-                 amp: bool = InferConfig.amp, locality: float = InferConfig.locality):
+    def __init__(self, model: HODOR | Ensemble, window: int = InferConfig.window,
+                 anchor_first: bool = InferConfig.anchor_first, amp: bool = InferConfig.amp,
+                 locality: float = InferConfig.locality):
         # channels-last memory format: ~1.5x faster convolutions on the CPU (oneDNN), harmless on CUDA.
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.device = next(model.parameters()).device

@@ -19,7 +19,7 @@ from vos.data import DAVIS_PALETTE, list_sequences, open_frames, read_mask
 from vos.inference.predictor import Propagator, probs_to_ids
 from vos.inference.session import VideoSession
 from vos.inference.writers import OverlayWriter, PngWriter, ProbsWriter
-from vos.model import HODOR
+from vos.model import HODOR, Ensemble
 from vos.utils import VosError, natural_key
 from vos.utils.device import pick_device
 
@@ -97,7 +97,7 @@ class Runner:
     """Runs a method (the model or a baseline) over jobs and writes the outputs."""
 
     def __init__(self, cfg: DictConfig, method: str = "hodor", checkpoint: str | None = None,
-                 model: HODOR | None = None):
+                 model: HODOR | Ensemble | None = None):
         """model: an in-memory model (e.g. during training validation) instead of a checkpoint."""
         self.cfg, self.method = cfg, method
         self.device = pick_device(cfg.device)
@@ -112,7 +112,7 @@ class Runner:
         elif method not in BASELINES:
             raise VosError(f"unknown --method {method}; choose hodor, {', '.join(BASELINES)}")
 
-    def stepper(self, model: HODOR | None = None):
+    def stepper(self, model: HODOR | Ensemble | None = None):
         if self.method == "hodor":
             return Propagator(model or self.model, self.cfg.window, self.cfg.anchor_first, self.cfg.amp, self.cfg.locality)
         return BaselineStepper(BASELINES[self.method]())
