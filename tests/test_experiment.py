@@ -80,3 +80,30 @@ def test_a_stopped_training_is_not_evaluated_and_resumes(tmp_path, results, monk
     monkeypatch.setattr(loop, "train", real_train)
     row = experiment.run(str(cfg))  # resumes to step 3, then evaluates
     assert 0 <= row["J&F"] <= 100 and "tiny_run" in _rows(results)
+
+
+def test_average_and_ensemble_experiments_export_their_runs(tmp_path, results):
+    import torch
+
+    from vos.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from vos.config import InferConfig, load_config, to_dict
+    from vos.model import HODOR, Ensemble
+
+    cfg = load_config(InferConfig, None, ["model.channels=32", "model.mask_channels=8", "model.heads=4",
+                                          "model.encoder.layers=1", "model.decoder.layers=1",
+                                          "model.backbone_weights=null"])
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / f"m{seed}.pt", {"model": HODOR(cfg.model).state_dict(),
+                                                   "config": {"model": to_dict(cfg.model)}})
+        (tmp_path / f"m{seed}.yaml").write_text(f"checkpoint: {tmp_path / f'm{seed}.pt'}\n")
+        runs.append(str(tmp_path / f"m{seed}.yaml"))
+    (tmp_path / "soup.yaml").write_text(f"average: [{runs[0]}, {runs[1]}]\n")
+    (tmp_path / "pair.yaml").write_text(f"ensemble: [{runs[0]}, {runs[1]}]\n")
+    soup = experiment.checkpoint_of(str(tmp_path / "soup.yaml"))
+    pair = experiment.checkpoint_of(str(tmp_path / "pair.yaml"))
+    assert soup.name == "average.pt" and isinstance(load_model(soup, torch.device("cpu")), HODOR)
+    ens = load_model(pair, torch.device("cpu"))
+    assert pair.name == "ensemble.pt" and isinstance(ens, Ensemble) and len(ens.members) == 2
+    assert load_checkpoint(pair)["ensemble"] == [str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt")]
