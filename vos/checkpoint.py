@@ -77,7 +77,8 @@ def model_weights(model: torch.nn.Module) -> dict:
 
 
 def _has_backbone(weights: dict) -> bool:
-    return any(re.match(BACKBONE, k) and k.endswith(".weight") for k in weights)
+    """Whether the weights (of a model, or of an ensemble's members) include the backbone's."""
+    return any(re.match(rf"(members\.\d+\.)?{BACKBONE}", k) and k.endswith(".weight") for k in weights)
 
 
 def init_from(model: HODOR, path: str | Path) -> None:
@@ -120,7 +121,7 @@ def load_model(path: str | Path, device: torch.device, fuse: bool = True) -> HOD
     except (KeyError, VosError) as e:
         raise CheckpointError(f"{path}: no usable model config inside ({e})") from None
     n = len(state.get("ensemble") or [])
-    has_backbone = _has_backbone({re.sub(r"^members\.\d+\.", "", k): v for k, v in state["model"].items()})
+    has_backbone = _has_backbone(state["model"])
     if has_backbone or not mcfg.freeze_backbone:
         mcfg.backbone_weights = None  # the checkpoint holds all weights
     elif mcfg.backbone_weights is None or n:

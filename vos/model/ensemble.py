@@ -9,29 +9,15 @@ concatenated along the channels, so the inference memory stores one tensor per f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from vos.model.hodor import HODOR, Features, StepOutput
 
 
-@dataclass
-class EnsembleFeatures:
-    parts: list[Features]  # one per member
-
-    @property
-    def f4(self) -> torch.Tensor:
-        return self.parts[0].f4
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.parts[0].size
-
-
 class Ensemble(nn.Module):
-    """The per-frame interface of HODOR (features, masks_to_s4, step, upsample, num_bg) over several members."""
+    """The per-frame interface of HODOR (features, masks_to_s4, step, upsample, num_bg) over several members; a
+    frame's features are a list, one Features per member."""
 
     def __init__(self, members: list[HODOR]):
         super().__init__()
@@ -43,7 +29,6 @@ class Ensemble(nn.Module):
                                                                     first.cfg.mask_channels):
                 raise ValueError("ensemble members must share bg_grid, channels and mask_channels")
         self.members = nn.ModuleList(members)
-        self.cfg = first.cfg
         self.num_bg = first.num_bg
 
     @torch.no_grad()
@@ -52,16 +37,16 @@ class Ensemble(nn.Module):
             m.fuse_for_inference()
         return self
 
-    def features(self, images: torch.Tensor) -> EnsembleFeatures:
-        return EnsembleFeatures([m.features(images) for m in self.members])
+    def features(self, images: torch.Tensor) -> list[Features]:
+        return [m.features(images) for m in self.members]
 
-    def masks_to_s4(self, masks: torch.Tensor, feats: EnsembleFeatures) -> torch.Tensor:
-        return self.members[0].masks_to_s4(masks, feats.parts[0])
+    def masks_to_s4(self, masks: torch.Tensor, feats: list[Features]) -> torch.Tensor:
+        return self.members[0].masks_to_s4(masks, feats[0])
 
-    def upsample(self, x: torch.Tensor, feats: EnsembleFeatures, size: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.members[0].upsample(x, feats.parts[0], size)
+    def upsample(self, x: torch.Tensor, feats: list[Features], size: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.members[0].upsample(x, feats[0], size)
 
-    def step(self, feats: EnsembleFeatures, memory: torch.Tensor | None = None,
+    def step(self, feats: list[Features], memory: torch.Tensor | None = None,
              memory_valid: torch.Tensor | None = None, given: torch.Tensor | None = None,
              given_valid: torch.Tensor | None = None, valid: torch.Tensor | None = None, encode: bool = True,
              prior: torch.Tensor | None = None) -> StepOutput:
@@ -70,8 +55,8 @@ class Ensemble(nn.Module):
         logits have no common meaning)."""
         mems = [None] * len(self.members) if memory is None else memory.chunk(len(self.members), -1)
         probs = torch.stack([m.step(f, mem, memory_valid, given, given_valid, encode=False, prior=prior).probs
-                             for m, f, mem in zip(self.members, feats.parts, mems)]).mean(0)
+                             for m, f, mem in zip(self.members, feats, mems)]).mean(0)
         if not encode:
             return StepOutput(None, probs, None)
-        desc = torch.cat([m.encode(f, probs[:, 1:], valid) for m, f in zip(self.members, feats.parts)], -1)
+        desc = torch.cat([m.encode(f, probs[:, 1:], valid) for m, f in zip(self.members, feats)], -1)
         return StepOutput(None, probs, desc)
