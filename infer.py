@@ -1,8 +1,8 @@
-"""Segment every frame of a video from one annotated frame: `python infer.py --help` (vos/inference/cli.py)."""
+"""Segment every frame of a video from one annotated frame: `python infer.py --help` (vos/infer.py)."""
 
 import sys
 
-from vos.inference.cli import main
+from vos.infer import main
 
 if __name__ == "__main__":
     sys.exit(main())

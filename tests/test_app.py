@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from vos.data import read_mask
@@ -24,9 +25,10 @@ def server(tmp_path):
 
     from vos.app import create_app
 
-    srv = make_server("127.0.0.1", 0, create_app(tmp_path / "app_out", max_upload_mb=5), threaded=True)
+    app = create_app(tmp_path / "app_out", max_upload_mb=5)
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_port}", tmp_path / "app_out"
+    yield f"http://127.0.0.1:{srv.server_port}", tmp_path / "app_out", app
     srv.shutdown()
 
 
@@ -65,11 +67,11 @@ def test_upload_box_propagate_download(server, browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    from vos.inference.cli import main as infer_main
+    from vos.infer import main as infer_main
 
     from vos.data import VideoFile
 
-    url, app_out = server
+    url, app_out, app = server
     demo = VideoFile(ROOT / "examples" / "bedroom.mp4", short_side=270)  # the shipped demo clip, 480x270
     video = tmp_path / "clip.mp4"
     write_mp4(video, [demo[t] for t in range(N)], fps=30)
@@ -117,15 +119,16 @@ def test_upload_box_propagate_download(server, browser, tmp_path):
     assert len(app_masks) == N
 
     # the same video and the mask the app built, through infer.py: the same masks
-    sid = next(p for p in app_out.iterdir() if (p / "prompts" / "00000.png").is_file())
-    assert infer_main(["--input", str(video), "--mask", str(sid / "prompts" / "00000.png"), "--out",
+    (session,) = app.config["vos_sessions"].values()  # the app keeps prompts in memory, not in files
+    write_mask(tmp_path / "prompt.png", session.prompts[0])
+    assert infer_main(["--input", str(video), "--mask", str(tmp_path / "prompt.png"), "--out",
                        str(tmp_path / "cli")]) == 0
     ious = []
     for p in app_masks:
         a, b = read_mask(p)[0] > 0, read_mask(tmp_path / "cli" / "clip" / p.name)[0] > 0
         ious.append((a & b).sum() / (a | b).sum() if (a | b).any() else 1.0)
     assert np.mean(ious) > 0.99, ious
-    prompt = read_mask(sid / "prompts" / "00000.png")[0] == 1
+    prompt = read_mask(tmp_path / "prompt.png")[0] == 1
     inside = prompt[box[1]:box[3], box[0]:box[2]].mean()
     assert prompt.sum() == prompt[box[1]:box[3], box[0]:box[2]].sum() and 0.2 < inside < 0.9  # a girl, not the box
     # nothing written outside the app's folder but the browser's download
@@ -154,3 +157,86 @@ def test_api_rejects_uploads_that_are_too_large_or_not_videos(tmp_path):
     assert r.get_json()["objects"] == [2]
     empty = client.post("/api/demo").get_json()["session"]
     assert "at least one object" in client.post(f"/api/{empty}/propagate").get_json()["error"]
+
+
+def _square_video(path: Path, x0: int, n: int = 8) -> np.ndarray:
+    """A flat square moving right over smooth noise, written as an mp4; returns its id maps."""
+    from vos.data.synthetic import square_clip
+
+    frames, masks = square_clip([(x0, 60, 6, 0)], n, size=56, seed=x0)
+    write_mp4(path, list(frames), fps=12)
+    return masks
+
+
+def test_four_people_at_once_each_get_their_own_masks(tmp_path):
+    """Four clients upload a video each, give a box and propagate at the same time while frame requests keep
+    arriving: each gets the masks of its own video (the shared model, one Tracker per propagation, one reader
+    per session under a lock)."""
+    import io
+
+    from vos.app import create_app
+
+    app = create_app(tmp_path / "out")
+    videos = {x0: tmp_path / f"v{x0}.mp4" for x0 in (20, 80, 140, 200)}
+    truth = {x0: _square_video(p, x0) for x0, p in videos.items()}
+    results, errors = {}, []
+
+    def client(x0):
+        try:
+            c = app.test_client()
+            info = c.post("/api/upload", data={"video": (io.BytesIO(videos[x0].read_bytes()), "v.mp4")}).get_json()
+            sid = info["session"]
+            r = c.post(f"/api/{sid}/prompt", json={"frame": 0, "object": 1, "box": [x0 - 4, 56, x0 + 60, 120]})
+            assert r.status_code == 200, r.get_json()
+            assert c.post(f"/api/{sid}/propagate").get_json() == {"state": "running"}
+            for t in range(200):  # frame requests while every session propagates
+                assert c.get(f"/api/{sid}/frame/{t % 8}.jpg").status_code == 200
+                status = c.get(f"/api/{sid}/status").get_json()
+                if status["state"] != "running":
+                    break
+            _wait(lambda: c.get(f"/api/{sid}/status").get_json()["state"] != "running", 120, "propagation")
+            assert c.get(f"/api/{sid}/status").get_json()["state"] == "done"
+            z = zipfile.ZipFile(io.BytesIO(c.get(f"/api/{sid}/masks.zip").data))
+            results[x0] = [np.array(Image.open(z.open(n))) for n in sorted(z.namelist())]
+        except Exception as e:  # reported in the main thread
+            errors.append(f"{x0}: {e!r}")
+
+    threads = [threading.Thread(target=client, args=(x0,)) for x0 in videos]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(300)
+    assert not errors, errors
+    for x0, masks in results.items():
+        assert len(masks) == 8
+        ious = [((m == 1) & (g == 1)).sum() / ((m == 1) | (g == 1)).sum() for m, g in zip(masks, truth[x0])]
+        assert min(ious) > 0.8, (x0, np.round(ious, 2))
+
+
+def test_old_sessions_are_evicted(tmp_path):
+    """Memory stays bounded: beyond max_sessions the least recently used session is closed (its reader released,
+    its folder removed); idle ones go after idle_minutes."""
+    import io
+
+    from vos.app import create_app
+
+    video = tmp_path / "v.mp4"
+    _square_video(video, 20, n=4)
+    app = create_app(tmp_path / "out", max_sessions=3)
+    c = app.test_client()
+    sessions = app.config["vos_sessions"]
+    made = []
+    for _ in range(7):
+        sid = c.post("/api/upload", data={"video": (io.BytesIO(video.read_bytes()), "v.mp4")}).get_json()["session"]
+        assert c.get(f"/api/{sid}/frame/1.jpg").status_code == 200  # opens its reader
+        made.append((sid, sessions[sid]))
+    assert list(sessions) == [sid for sid, _ in made[-3:]]
+    for sid, s in made[:-3]:
+        assert s.frames._reader is None and s.frames._container is None and not (tmp_path / "out" / sid).exists()
+        assert c.get(f"/api/{sid}/status").status_code == 404
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(sid for sid, _ in made[-3:])
+    idle = create_app(tmp_path / "out2", max_sessions=3, idle_minutes=0)
+    ci = idle.test_client()
+    for _ in range(3):
+        ci.post("/api/upload", data={"video": (io.BytesIO(video.read_bytes()), "v.mp4")})
+    assert len(idle.config["vos_sessions"]) == 1  # each new upload closed the idle ones

@@ -13,8 +13,10 @@ from vos.data.synthetic import make_clip, write_davis
 
 @pytest.fixture
 def results(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # outputs/ goes here
-    monkeypatch.setattr(experiment, "RESULTS", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    for name in ("RESULTS", "RUNS", "OUTPUTS"):  # all three are anchored at the repository; here at tmp_path
+        assert getattr(experiment, name).parent == experiment.ROOT
+        monkeypatch.setattr(experiment, name, tmp_path / name.lower())
     return tmp_path / "results"
 
 
@@ -31,7 +33,10 @@ def test_davis_experiment_records_its_row(tmp_path, results):
     # copy: frame 0 is exact, later frames keep the first mask while the object moves
     pred = read_mask(tmp_path / "outputs/experiments/copy_a/a/00005.png")[0]
     assert np.array_equal(pred, clip[1][0])
-    assert 0 < row["J&F"] < 100
+    # copy's J is the IoU of the first mask with each frame's, over frames 1..T-2 (the DAVIS protocol)
+    m = clip[1]
+    iou = [((m[0] == 1) & (m[t] == 1)).sum() / ((m[0] == 1) | (m[t] == 1)).sum() for t in range(1, len(m) - 1)]
+    assert row["J"] == pytest.approx(100 * np.mean(iou), abs=1e-6) and row["J"] < 95
     assert _rows(results)["copy_a"]["J&F"] == f"{row['J&F']:.1f}"
     assert "per video J&F: a_1 " in (results / "experiments" / "copy_a.txt").read_text()
 
@@ -79,31 +84,51 @@ def test_a_stopped_training_is_not_evaluated_and_resumes(tmp_path, results, monk
     assert not (results / "experiments.csv").exists()  # nothing recorded for a half-trained model
     monkeypatch.setattr(loop, "train", real_train)
     row = experiment.run(str(cfg))  # resumes to step 3, then evaluates
-    assert 0 <= row["J&F"] <= 100 and "tiny_run" in _rows(results)
+    from vos.eval import evaluate_dataset
+
+    table, _ = evaluate_dataset(root, "davis2017", "val", tmp_path / "outputs/experiments/tiny_run")
+    assert row["J&F"] == pytest.approx(100 * table["J&F-Mean"]) and "tiny_run" in _rows(results)
+    assert (tmp_path / "runs/tiny_run/checkpoint.pt").is_file()
 
 
 def test_average_and_ensemble_experiments_export_their_runs(tmp_path, results):
     import torch
 
-    from vos.checkpoint import load_checkpoint, load_model, save_checkpoint
-    from vos.config import InferConfig, load_config, to_dict
-    from vos.model import HODOR, Ensemble
+    from vos.checkpoint import load_checkpoint, load_models, save_checkpoint
+    from vos.config import ModelConfig, load_config, to_dict
+    from vos.model import HODOR
 
-    cfg = load_config(InferConfig, None, ["model.channels=32", "model.mask_channels=8", "model.heads=4",
-                                          "model.encoder.layers=1", "model.decoder.layers=1",
-                                          "model.backbone_weights=null"])
+    cfg = load_config(ModelConfig, None, ["channels=32", "mask_channels=8", "heads=4", "encoder.layers=1",
+                                          "decoder.layers=1", "backbone_weights=null"])
     runs = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        save_checkpoint(tmp_path / f"m{seed}.pt", {"model": HODOR(cfg.model).state_dict(),
-                                                   "config": {"model": to_dict(cfg.model)}})
+        save_checkpoint(tmp_path / f"m{seed}.pt", {"model": HODOR(cfg).state_dict(),
+                                                   "config": {"model": to_dict(cfg), "seed": seed}})
         (tmp_path / f"m{seed}.yaml").write_text(f"checkpoint: {tmp_path / f'm{seed}.pt'}\n")
         runs.append(str(tmp_path / f"m{seed}.yaml"))
     (tmp_path / "soup.yaml").write_text(f"average: [{runs[0]}, {runs[1]}]\n")
     (tmp_path / "pair.yaml").write_text(f"ensemble: [{runs[0]}, {runs[1]}]\n")
     soup = experiment.checkpoint_of(str(tmp_path / "soup.yaml"))
     pair = experiment.checkpoint_of(str(tmp_path / "pair.yaml"))
-    assert soup.name == "average.pt" and isinstance(load_model(soup, torch.device("cpu")), HODOR)
-    ens = load_model(pair, torch.device("cpu"))
-    assert pair.name == "ensemble.pt" and isinstance(ens, Ensemble) and len(ens.members) == 2
-    assert load_checkpoint(pair)["ensemble"] == [str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt")]
+    assert soup.name == "average.pt" and len(load_models(soup, torch.device("cpu"))) == 1
+    assert pair.name == "ensemble.pt" and len(load_models(pair, torch.device("cpu"))) == 2
+    members = load_checkpoint(pair)["members"]
+    assert [m["source"] for m in members] == [str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt")]
+    assert [m["config"]["seed"] for m in members] == [0, 1]  # each member keeps its own config
+
+
+def test_experiment_configs_are_checked(tmp_path, results):
+    from vos.utils import VosError
+
+    for text, match in (("train: configs/train/smoke.yaml\ncheckpoint: x.pt\n", "one source of weights"),
+                        ("split: dev\n", "needs weights"),
+                        ("method: copy\ncheckpoint: x.pt\n", "baseline and takes no weights"),
+                        ("method: copy\nprompt: boxes\n", "expected one of \\[mask, box\\]")):
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(VosError, match=match):
+            experiment.run(str(tmp_path / "bad.yaml"))
+    (tmp_path / "a.yaml").write_text("method: copy\nafter: [" + str(tmp_path / "b.yaml") + "]\n")
+    (tmp_path / "b.yaml").write_text("method: copy\nafter: [" + str(tmp_path / "a.yaml") + "]\n")
+    with pytest.raises(VosError, match="cycle: a -> b -> a"):
+        experiment.checkpoint_of(str(tmp_path / "a.yaml"))

@@ -10,30 +10,29 @@ import pytest
 import torch
 from PIL import Image
 
-from vos.config import InferConfig, load_config, to_dict
+from vos.config import InferConfig, ModelConfig, load_config, to_dict
 from vos.data import read_mask, write_mask
-from vos.data.synthetic import make_clip, write_davis, write_mp4
-from vos.checkpoint import load_model, save_checkpoint
-from vos.inference.predictor import Propagator, probs_to_ids
+from vos.data.synthetic import make_clip, square_clip, write_davis, write_mp4
+from vos.checkpoint import load_models, save_checkpoint
+from vos.inference import Tracker, probs_to_ids
 from vos.inference.run import DEFAULT_CHECKPOINT
 from vos.model import HODOR
 from vos.utils import VosError
-from vos.inference.cli import main as infer_main
+from vos.infer import main as infer_main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.channels=32", "model.mask_channels=8", "model.heads=4", "model.encoder.layers=1",
-        "model.decoder.layers=1", "model.backbone_weights=null"]
+TINY = ["channels=32", "mask_channels=8", "heads=4", "encoder.layers=1", "decoder.layers=1", "backbone_weights=null"]
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    cfg = load_config(InferConfig, None, TINY)
+    cfg = load_config(ModelConfig, None, TINY)
     torch.manual_seed(0)
-    model = HODOR(cfg.model)
+    model = HODOR(cfg)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, {"model": {k: v.half() if v.is_floating_point() else v
                                      for k, v in model.state_dict().items()},
-                           "config": {"model": to_dict(cfg.model)}})
+                           "config": {"model": to_dict(cfg)}})
     return path
 
 
@@ -96,8 +95,8 @@ def test_mp4_and_folder_give_the_same_masks(clip_dir, tmp_path):
 
 
 def test_memory_is_bounded_by_the_window(ckpt):
-    model = load_model(ckpt, torch.device("cpu"))
-    p = Propagator(model, window=3, anchor_first=True)
+    model = load_models(ckpt, torch.device("cpu"))
+    p = Tracker(model, window=3, anchor_first=True)
     mask = np.zeros((64, 64), np.float32)
     mask[20:40, 20:40] = 1
     stored = []
@@ -105,7 +104,7 @@ def test_memory_is_bounded_by_the_window(ckpt):
         p.step(np.random.default_rng(t).integers(0, 255, (64, 64, 3), dtype=np.uint8), {1: mask} if t == 0 else None)
         stored.append(p.stored_frames)
     assert max(stored) == 4 and stored[-1] == 4  # 3 recent + the anchor, whatever the length
-    p2 = Propagator(model, window=3, anchor_first=False)
+    p2 = Tracker(model, window=3, anchor_first=False)
     for t in range(6):
         p2.step(np.zeros((64, 64, 3), np.uint8), {1: mask} if t == 0 else None)
     assert p2.stored_frames == 3
@@ -161,10 +160,10 @@ def test_small_real_object_keeps_being_tracked(shared_data):
     (At 128 px, under one cell, the previous default model kept it and the multi-object one loses it: MODEL_CARD.md.)"""
     from vos.data import list_sequences
 
-    model = load_model(DEFAULT_CHECKPOINT, torch.device("cpu"))
+    model = load_models(DEFAULT_CHECKPOINT, torch.device("cpu"))
     seq = next(s for s in list_sequences(shared_data / "davis2016", "davis2016", "dev") if s.name == "soccerball")
     frames = seq.frames(192)
-    p = Propagator(model, window=7)
+    p = Tracker(model, window=7)
     ious = []
     for t in range(30):
         gt = seq.read_mask(t)[0] > 0
@@ -184,14 +183,14 @@ def test_locality_prior_keeps_look_alikes_apart(shared_data):
     from vos.data import open_frames
 
     d = shared_data / "cutie-examples"
-    model = load_model(DEFAULT_CHECKPOINT, torch.device("cpu"))
+    model = load_models(DEFAULT_CHECKPOINT, torch.device("cpu"))
     frames = open_frames(d / "images" / "judo", short_side=InferConfig.short_side)
     prompts = {}
     for q in sorted((d / "masks" / "judo").glob("*.png")):
         with pytest.warns(UserWarning, match="resized") if q.stem == "00005" else contextlib.nullcontext():
             ids = read_mask(q, size=(480, 854))[0]
         prompts[int(q.stem)] = {int(k): (ids == k).astype(np.float32) for k in np.unique(ids) if k}
-    p = Propagator(model, window=7, locality=InferConfig.locality)
+    p = Tracker(model, window=7, locality=InferConfig.locality)
     areas = []
     for t in range(len(frames)):
         ids, probs = p.step(frames[t], prompts.get(t), out_size=(480, 854))
@@ -205,13 +204,13 @@ def test_locality_prior_keeps_look_alikes_apart(shared_data):
 
 
 def test_training_and_inference_paths_agree():
-    """The same frames and mask through the training cycle graph and through Propagator give the same
+    """The same frames and mask through the training cycle graph and through the Tracker give the same
     descriptors and logits: one per-frame step, one resampling."""
     from vos.train.cycles import GT, CycleGraph, split_features
 
-    cfg = load_config(InferConfig, None, TINY)
+    cfg = load_config(ModelConfig, None, TINY)
     torch.manual_seed(0)
-    model = HODOR(cfg.model).eval()
+    model = HODOR(cfg).eval()
     torch.manual_seed(1)
     images = torch.rand(1, 3, 3, 64, 96)
     mask = torch.zeros(1, 3, 1, 64, 96)
@@ -223,14 +222,14 @@ def test_training_and_inference_paths_agree():
         n2 = ((GT, n1), 2)  # [0, 1] -> 2: what inference does at frame 2 with the anchor and window >= 2
         train_desc = [g.desc(GT), g.desc(n1), g.desc(n2)]
         train_logits = [g.logits(n1), g.logits(n2)]
-    # the training graph here runs in fp32 and has no locality prior (an inference-only weighting)
-    p = Propagator(model, window=7, anchor_first=True, amp=False, locality=0)
+    # the training graph has no locality rule (an inference component); both run in fp32 here
+    p = Tracker([model], window=7, anchor_first=True, locality=0)
     inf_logits = []
     for t in range(3):
         p.step(images[0, t], {1: mask[0, 0, 0].numpy()} if t == 0 else None)
         if t:
             inf_logits.append(p.last.logits)
-    inf_desc = [e.desc for e in p.memory.entries()]
+    inf_desc = [e.desc for e in p.memories[0].entries()]
     for a, b in zip(train_desc, inf_desc, strict=True):
         torch.testing.assert_close(b, a[0], atol=1e-4, rtol=1e-4)
     for a, b in zip(train_logits, inf_logits, strict=True):
@@ -238,9 +237,9 @@ def test_training_and_inference_paths_agree():
 
 
 def test_fused_model_gives_the_unfused_output(tmp_path):
-    cfg = load_config(InferConfig, None, TINY)
+    cfg = load_config(ModelConfig, None, TINY)
     torch.manual_seed(0)
-    model = HODOR(cfg.model)
+    model = HODOR(cfg)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding them changes the weights
         for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
             bn.running_mean.uniform_(-0.5, 0.5)
@@ -248,14 +247,14 @@ def test_fused_model_gives_the_unfused_output(tmp_path):
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.uniform_(-0.2, 0.2)
     path = tmp_path / "m.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "config": {"model": to_dict(cfg.model)}})
-    plain, fused = (load_model(path, torch.device("cpu"), fuse=f) for f in (False, True))
+    save_checkpoint(path, {"model": model.state_dict(), "config": {"model": to_dict(cfg)}})
+    (plain,), (fused,) = (load_models(path, torch.device("cpu"), fuse=f) for f in (False, True))
     assert sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules()) < \
         sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in plain.modules())
     frames, masks = make_clip(3, n_frames=4, size=(64, 96), n_objects=2, late_objects=0)
     outs = []
     for m in (plain, fused):
-        p = Propagator(m, window=3, amp=False)  # folding is exact in fp32; bf16 rounds the two differently
+        p = Tracker([m], window=3)  # folding is exact in fp32; bf16 rounds the two differently
         outs.append([p.step(f, {k: (masks[0] == k).astype(np.float32) for k in (1, 2)} if t == 0 else None)[1]
                      for t, f in enumerate(frames)])
     for a, b in zip(*outs):
@@ -268,17 +267,17 @@ def test_removing_an_object_mid_video(ckpt, clip_dir):
     from vos.inference import VideoSession
 
     d, frames, masks, _ = clip_dir
-    p = Propagator(load_model(ckpt, torch.device("cpu")), window=3)
+    p = Tracker(load_models(ckpt, torch.device("cpu")), window=3)
     p.step(frames[0], {3: (masks[0] == 1).astype(np.float32), 7: (masks[0] == 2).astype(np.float32)})
     p.step(frames[1])
     p.remove_object(3)
-    assert p.object_ids == [7] and all(len(e.desc) == p.model.num_bg + 1 for e in p.memory.entries())
+    assert p.object_ids == [7] and all(len(e.desc) == p.models[0].num_bg + 1 for e in p.memories[0].entries())
     ids, probs = p.step(frames[2])
     assert ids == [7] and probs.shape == (2, 72, 120)
     with pytest.raises(VosError, match="not tracked"):
         p.remove_object(3)
     # the session API: an object removed at frame 5 is in the outputs before and absent after
-    session = VideoSession(lambda: BaselineStepper(BASELINES["copy"]()), FrameFolder(d / "frames"))
+    session = VideoSession(BaselineStepper(BASELINES["copy"]), FrameFolder(d / "frames"))
     session.add_mask(0, masks[0])
     session.remove_object(1, frame_index=5)
     seen = {t: set(np.unique(probs_to_ids(ids, probs))) for t, ids, probs in session.propagate()}
@@ -479,80 +478,37 @@ def test_backward_propagation_from_a_late_annotation_on_real_video(shared_data, 
     assert len(VideoFile(tmp_path / "bear_overlay.mp4")) == len(seq.frame_names)
 
 
-def test_test_time_adaptation_leaves_the_model_and_is_deterministic(ckpt, clip_dir, tmp_path):
-    from vos.config import AdaptConfig
-    from vos.data import FrameFolder
-    from vos.inference import VideoSession
-    from vos.train.adapt import adapt
-
-    d, frames, masks, _ = clip_dir
-    model = load_model(ckpt, torch.device("cpu"))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    session = VideoSession(None, FrameFolder(d / "frames"))
-    session.add_mask(0, masks[0])
-    cfg = AdaptConfig(steps=2, batch_size=2, size=64, seed=3)
-    a, _ = adapt(model, session.frames, session.prompts, cfg)
-    b, _ = adapt(model, session.frames, session.prompts, cfg)
-    c, _ = adapt(model, session.frames, session.prompts, AdaptConfig(steps=2, batch_size=2, size=64, seed=4))
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the loaded model is untouched
-    wa, wb, wc = (m.state_dict() for m in (a, b, c))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
-    assert any(not torch.equal(wa[k], v) for k, v in before.items() if v.is_floating_point())  # it did train
-    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
-    # an object given at another frame would be taught as background where it is not given: such frames are
-    # left out, and with no frame giving every object nothing is adapted
-    late = VideoSession(None, FrameFolder(d / "frames"))
-    late.add_mask(0, np.where(masks[0] == 1, 1, 0).astype(np.uint8))
-    late.add_mask(3, np.where(masks[3] == 2, 2, 0).astype(np.uint8))
-    with pytest.warns(UserWarning, match="adaptation skipped"):
-        skipped, seconds = adapt(model, late.frames, late.prompts, cfg)
-    assert skipped is model and seconds == 0.0
-    both = np.where(np.isin(masks[9], (1, 2)), masks[9], 0).astype(np.uint8)
-    late.add_mask(9, both)  # both given at frame 9
-    only9, _ = adapt(model, late.frames, late.prompts, cfg)
-    again = VideoSession(None, FrameFolder(d / "frames"))
-    again.add_mask(9, both)
-    w9, wa9 = only9.state_dict(), adapt(model, again.frames, again.prompts, cfg)[0].state_dict()
-    assert only9 is not model and all(torch.equal(w9[k], wa9[k]) for k in w9)  # frames 0 and 3 were not used
-    heads, _ = adapt(model, session.frames, session.prompts, AdaptConfig(steps=1, size=64, train="heads"))
-    wh = heads.state_dict()
-    assert all(torch.equal(wh[k], v) for k, v in before.items() if k.startswith(("backbone.", "fpn.")))
-    # through infer.py (config override) on an mp4
-    assert run("--input", d / "clip.mp4", "--mask", d / "masks" / "00000.png", "--out", tmp_path, "--checkpoint",
-               ckpt, "adapt.steps=2", "adapt.size=64") == 0
-    assert len(list((tmp_path / "clip").glob("*.png"))) == len(frames)
-
-
-def _tiny_checkpoint(path: Path, seed: int) -> Path:
-    cfg = load_config(InferConfig, None, TINY)
-    torch.manual_seed(seed)
-    save_checkpoint(path, {"model": HODOR(cfg.model).state_dict(), "config": {"model": to_dict(cfg.model)}})
+def _tiny_checkpoint(path: Path, init_seed: int, **config) -> Path:
+    cfg = load_config(ModelConfig, None, TINY)
+    torch.manual_seed(init_seed)
+    save_checkpoint(path, {"model": HODOR(cfg).state_dict(), "config": {"model": to_dict(cfg), **config}})
     return path
 
 
-def test_an_ensemble_averages_its_members_and_ships_as_one_checkpoint(clip_dir, tmp_path):
-    """Members decode from their own descriptors and re-encode from the averaged masks: at the first frame after
-    the given one (both encoded the same given mask) the ensemble's probabilities are the mean of the members'
-    own; two identical members give the single model's output on every frame."""
-    from vos.checkpoint import export
-    from vos.model import Ensemble
+def test_several_models_run_together_and_ship_as_one_checkpoint(clip_dir, tmp_path):
+    """Each model decodes from its own memory, the probabilities are averaged, and every model re-encodes from
+    the averaged masks: at the first frame after the given one (both encoded the same given mask) the output is
+    the mean of the models' own; two identical models give the single model's output on every frame. The
+    checkpoint keeps every member's own config."""
+    from vos.checkpoint import export, init_from, load_checkpoint
 
     d, frames, masks, _ = clip_dir
-    a, b = _tiny_checkpoint(tmp_path / "a.pt", 0), _tiny_checkpoint(tmp_path / "b.pt", 1)
+    a, b = _tiny_checkpoint(tmp_path / "a.pt", 0, seed=0), _tiny_checkpoint(tmp_path / "b.pt", 1, seed=1)
     export([str(a), str(b)], str(tmp_path / "ens.pt"), ensemble=True)
     export([str(a), str(a)], str(tmp_path / "same.pt"), ensemble=True)
     export([str(a)], str(tmp_path / "a16.pt"))  # the members are stored in fp16, as a single export is
+    assert [m["config"]["seed"] for m in load_checkpoint(tmp_path / "ens.pt")["members"]] == [0, 1]
     cpu = torch.device("cpu")
-    ens, same, single, member_b = (load_model(p, cpu) for p in (tmp_path / "ens.pt", tmp_path / "same.pt",
-                                                                 tmp_path / "a16.pt", b))
-    assert isinstance(ens, Ensemble) and len(ens.members) == 2
+    ens, same, single, member_b = (load_models(p, cpu) for p in (tmp_path / "ens.pt", tmp_path / "same.pt",
+                                                                  tmp_path / "a16.pt", b))
+    assert len(ens) == 2 and len(single) == 1
     with torch.no_grad():
-        for w in member_b.parameters():
+        for w in member_b[0].parameters():
             w.copy_(w.half().float())  # b's weights as the ensemble stores them
     given = {k: (masks[0] == k).astype(np.float32) for k in (1, 2)}
 
-    def propagate(model, n):
-        p = Propagator(model, amp=False)
+    def propagate(models, n):
+        p = Tracker(models)
         return [p.step(f, given if t == 0 else None)[1] for t, f in enumerate(frames[:n])]
 
     e1, a1, b1 = (propagate(m, 2)[1] for m in (ens, single, member_b))
@@ -560,28 +516,66 @@ def test_an_ensemble_averages_its_members_and_ships_as_one_checkpoint(clip_dir, 
     torch.testing.assert_close(e1, (a1 + b1) / 2, atol=1e-4, rtol=1e-3)
     for x, y in zip(propagate(same, 6), propagate(single, 6), strict=True):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3)
-    # test-time adaptation tunes each member; infer.py takes it like any checkpoint; a truncated one is refused
-    from vos.config import AdaptConfig
-    from vos.data import FrameFolder
-    from vos.inference import VideoSession
-    from vos.train.adapt import adapt
-
-    session = VideoSession(None, FrameFolder(d / "frames"))
-    session.add_mask(0, masks[0])
-    tuned, _ = adapt(ens, session.frames, session.prompts, AdaptConfig(steps=1, batch_size=1, size=64))
-    assert isinstance(tuned, Ensemble) and all(
-        any(not torch.equal(w, v) for w, v in zip(t.parameters(), m.parameters()))
-        for t, m in zip(tuned.members, ens.members))
-    assert run("--input", d / "clip.mp4", "--mask", d / "masks" / "00000.png", "--out", tmp_path / "out",
-               "--checkpoint", tmp_path / "ens.pt", "adapt.steps=1", "adapt.size=64") == 0
-    assert len(list((tmp_path / "out" / "clip").glob("*.png"))) == len(frames)
     data = (tmp_path / "ens.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(VosError, match="corrupt or truncated"):
-        load_model(tmp_path / "cut.pt", cpu)
-    from vos.checkpoint import init_from
-    with pytest.raises(VosError, match="an ensemble checkpoint; start from one of its members"):
-        init_from(load_model(a, cpu, fuse=False), tmp_path / "ens.pt")
+        load_models(tmp_path / "cut.pt", cpu)
+    with pytest.raises(VosError, match="several models; start from one of them"):
+        init_from(load_models(a, cpu, fuse=False)[0], tmp_path / "ens.pt")
     with pytest.raises(VosError, match="at least two"):
         export([str(a)], str(tmp_path / "one.pt"), ensemble=True)
     assert not (tmp_path / "one.pt").exists()
+    # the format of 2026-12-01 (members' weights under "members.<i>." and one config) still loads
+    old = {"model": {f"members.{i}.{k}": v for i, s in enumerate((a, b))
+                     for k, v in torch.load(s, weights_only=True)["model"].items()},
+           "config": {"model": to_dict(load_config(ModelConfig, None, TINY))}, "ensemble": [str(a), str(b)]}
+    torch.save(old, tmp_path / "old.pt")
+    for x, y in zip(propagate(load_models(tmp_path / "old.pt", cpu), 3), propagate(load_models(a, cpu) +
+                                                                                     load_models(b, cpu), 3)):
+        torch.testing.assert_close(x, y)
+
+
+def _iou(labels: np.ndarray, gt: np.ndarray, obj: int) -> float:
+    return float(((labels == obj) & (gt == obj)).sum() / max(((labels == obj) | (gt == obj)).sum(), 1))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped model (first member): a trained model, in the repository, that tracks a flat square."""
+    return load_models(DEFAULT_CHECKPOINT, torch.device("cpu"))[:1]
+
+
+def test_the_shipped_model_tracks_a_moving_square(shipped):
+    frames, masks = square_clip([(40, 60, 8, 3)], n=10, size=56)
+    tracker = Tracker(shipped)
+    ious = [_iou(tracker.step(f, {1: (masks[0] == 1).astype(np.float32)} if t == 0 else None)[1].argmax(0).numpy(),
+                 masks[t], 1) for t, f in enumerate(frames)]
+    assert min(ious[1:]) > 0.8, np.round(ious, 2)
+
+
+def test_the_locality_rule_keeps_two_look_alikes_apart(shipped):
+    """Two identical squares moving down on either side of the frame: appearance alone gives both ids to one of
+    them (object 2 is lost); with the locality rule each id stays on its own square."""
+    frames, masks = square_clip([(30, 20, 4, 6), (250, 20, -4, 6)], n=16)
+    given = {k: (masks[0] == k).astype(np.float32) for k in (1, 2)}
+    scores = {}
+    for radius in (0.0, 0.2):
+        tracker = Tracker(shipped, locality=radius)
+        labels = [probs_to_ids(*tracker.step(f, given if t == 0 else None)) for t, f in enumerate(frames)]
+        scores[radius] = np.array([[_iou(lab, masks[t], k) for k in (1, 2)] for t, lab in enumerate(labels)])[1:]
+    assert scores[0.0][:, 1].mean() < 0.3, scores[0.0]  # the look-alike takes object 2's id away
+    assert (scores[0.2].mean(0) > 0.7).all() and scores[0.2].min() > 0.5, scores[0.2]
+
+
+def test_the_locality_rule_follows_object_ids_not_channels(shipped):
+    """Object 1 is removed and a new object 3 is given at the same frame: object 2 (now in channel 1, where
+    object 1 was) keeps its own neighbourhood, not object 1's, and is not lost."""
+    frames, masks = square_clip([(30, 20, 4, 6), (250, 20, -4, 6), (140, 130, 0, 0, 5)], n=8,
+                             colours={3: (40, 80, 220)})
+    tracker = Tracker(shipped, locality=0.2)
+    for t in range(5):
+        tracker.step(frames[t], {k: (masks[0] == k).astype(np.float32) for k in (1, 2)} if t == 0 else None)
+    tracker.remove_object(1)
+    ids, probs = tracker.step(frames[5], {3: (masks[5] == 3).astype(np.float32)})
+    assert ids == [2, 3]
+    assert _iou(probs_to_ids(ids, probs), masks[5], 2) > 0.6

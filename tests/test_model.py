@@ -3,16 +3,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vos.config import InferConfig, load_config
+from vos.config import ModelConfig, load_config
 from vos.model import HODOR, SoftMaskedAttention, default_alphas, lite0_classifier, logits_to_probs, merged_logits
 from vos.model.attention import attention_bias, split_heads
 from vos.model.backbone import BackboneError
 
 
 def tiny_cfg(**over):
-    items = ["model.channels=32", "model.mask_channels=8", "model.heads=4", "model.encoder.layers=1",
-             "model.decoder.layers=1", "model.backbone_weights=null"] + [f"model.{k}={v}" for k, v in over.items()]
-    return load_config(InferConfig, None, items).model
+    items = ["channels=32", "mask_channels=8", "heads=4", "encoder.layers=1", "decoder.layers=1",
+             "backbone_weights=null"] + [f"{k}={v}" for k, v in over.items()]
+    return load_config(ModelConfig, None, items)
 
 
 @pytest.fixture(scope="module")

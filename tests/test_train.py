@@ -170,15 +170,24 @@ def test_wandb_offline_logs_keys_and_images(tmp_path, monkeypatch):
     assert list(runs[0].rglob("media/images/*.png"))
 
 
-def test_validation_through_the_evaluation_module(tmp_path):
-    from vos.data.synthetic import make_clip, write_davis
+def test_validation_runs_inference_as_infer_py_does(tmp_path):
+    """Validation runs inference exactly as infer.py does with val.infer, and scores it with vos.eval: the
+    shipped model on a moving square scores what infer.py's runner + evaluation give, and high."""
+    from vos.checkpoint import load_models
+    from vos.data.synthetic import square_clip, write_davis
+    from vos.eval import evaluate_dataset
+    from vos.inference.run import DEFAULT_CHECKPOINT, Job, Runner
     from vos.train.validate import validate
 
-    root = write_davis(tmp_path / "val", {"v": make_clip(0, n_frames=5, size=(64, 96), n_objects=1, late_objects=0)},
-                       split="dev")
-    cfg = cfg_for(tmp_path, f"val.root={root}", "val.layout=davis2017", "val.short_side=0")
-    table = validate(HODOR(cfg.model), cfg, torch.device("cpu"))
-    assert 0 <= table["J&F-Mean"] <= 1
+    root = write_davis(tmp_path / "val", {"v": square_clip([(40, 60, 8, 3)], n=8, size=56)}, split="dev")
+    cfg = cfg_for(tmp_path, f"val.root={root}", "val.layout=davis2017", "val.infer.window=2")
+    model = load_models(DEFAULT_CHECKPOINT, torch.device("cpu"))[0]
+    table = validate(model, cfg, torch.device("cpu"))
+    Runner(cfg.val.infer, models=[model]).run(Job("v", root / "JPEGImages/480p/v",
+                                                  {"00000": root / "Annotations/480p/v/00000.png"}),
+                                              tmp_path / "o", progress=False)
+    expected, _ = evaluate_dataset(root, "davis2017", "dev", tmp_path / "o")
+    assert table["J&F-Mean"] == pytest.approx(expected["J&F-Mean"]) and table["J&F-Mean"] > 0.85
 
 
 def test_static_sources_coco_and_folder(tmp_path):
@@ -261,16 +270,14 @@ def test_composite_regime_pastes_the_object_onto_another_video(tmp_path):
     inside, outside = img[0][:, m[0]], img[0][:, ~m[0]]
     assert (inside[0] > 100).float().mean() > 0.95 and (outside[2] > 100).float().mean() > 0.95
     assert not torch.equal(m[1], m[0])  # the object moved against the background
-    with pytest.raises(VosError, match="unknown regime"):
-        cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, regime: stattic, length: 2}]")
-        ClipDataset(cfg.data.sources, cfg.data.size, 1)
+    with pytest.raises(VosError, match=r"'stattic', expected one of \[static, composite, merge, sparse, dense\]"):
+        cfg_for(tmp_path, "data.sources=[{kind: synthetic, regime: stattic, length: 2}]")  # at load, not later
     cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, regime: composite, length: 2}]")
     assert ClipDataset(cfg.data.sources, cfg.data.size, 1)[(0, 0, 7)]["valid"].all()
 
 
 def test_export_averages_checkpoints_into_a_loadable_fp16_model(tmp_path):
-    from vos.checkpoint import load_model
-    from vos.checkpoint import export
+    from vos.checkpoint import export, load_models
 
     a = train(cfg_for(tmp_path / "a", "optim.steps=1"))
     b = train(cfg_for(tmp_path / "b", "optim.steps=1", "seed=1"))
@@ -280,7 +287,7 @@ def test_export_averages_checkpoints_into_a_loadable_fp16_model(tmp_path):
     assert floats and all(soup[k].dtype == torch.float16 for k in floats)
     assert any(not torch.equal(wa[k], wb[k]) for k in floats)
     assert all(torch.allclose(soup[k].float(), (wa[k] + wb[k]) / 2, atol=1e-3, rtol=1e-3) for k in floats)
-    load_model(tmp_path / "soup.pt", torch.device("cpu"))
+    assert len(load_models(tmp_path / "soup.pt", torch.device("cpu"))) == 1
     c = train(cfg_for(tmp_path / "c", "optim.steps=1", "model.channels=16"))
     with pytest.raises(VosError, match="architectures differ"):
         export([str(a), str(c)], str(tmp_path / "bad.pt"))
@@ -288,14 +295,13 @@ def test_export_averages_checkpoints_into_a_loadable_fp16_model(tmp_path):
 
 
 def test_a_frozen_backbone_is_left_out_and_restored_from_its_package(tmp_path):
-    from vos.checkpoint import load_model
-    from vos.checkpoint import CheckpointError
+    from vos.checkpoint import CheckpointError, load_models
 
     ckpt = train(cfg_for(tmp_path / "a", "optim.steps=1", "model.freeze_backbone=true",
                          "model.backbone_weights=package"))
     saved = load_checkpoint(ckpt)["model"]
     assert not any(k.startswith("backbone.") and k.endswith(".weight") for k in saved)
-    model = load_model(ckpt, torch.device("cpu"))
+    (model,) = load_models(ckpt, torch.device("cpu"))
     cfg = cfg_for(tmp_path / "a", "model.backbone_weights=package").model
     reference = HODOR(cfg)
     reference.load_state_dict(saved, strict=False)
@@ -303,7 +309,7 @@ def test_a_frozen_backbone_is_left_out_and_restored_from_its_package(tmp_path):
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
     no_source = train(cfg_for(tmp_path / "b", "optim.steps=1", "model.freeze_backbone=true"))
     with pytest.raises(CheckpointError, match="no backbone weights"):
-        load_model(no_source, torch.device("cpu"))
+        load_models(no_source, torch.device("cpu"))
 
 
 def _stub_forward(losses):

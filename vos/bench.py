@@ -5,6 +5,8 @@
       in a row to make a long one, for the memory-growth check.
   python -m vos.bench attention [blocks...]
       time and peak memory of each pixel-attention block (forward + backward) at 60x107, 120x214, 135x240.
+  python -m vos.bench flops [lite0 hodor_swin_t]
+      parameters and GFLOPs per frame at 480p and at the internal resolution for model configs.
   python -m vos.bench train --config configs/train/smoke.yaml [--steps 20] [key=value ...]
       training iterations/s and peak RSS.
 """
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vos.config import CONFIG_DIR
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -34,19 +38,14 @@ def _rss_mb() -> float:
 def bench_infer(a) -> None:
     from vos.config import InferConfig, load_config
     from vos.data import VideoFile, write_mask
-    from vos.checkpoint import load_model
-    from vos.inference.predictor import Propagator, probs_to_ids
-    from vos.inference.run import DEFAULT_CHECKPOINT
-    from vos.model import HODOR
-    from vos.utils.device import pick_device
+    from vos.inference import Runner, probs_to_ids
 
     cfg = load_config(InferConfig, a.config, a.overrides + [f"short_side={a.short_side}"])
-    device = pick_device(cfg.device)
-    ckpt = a.checkpoint or DEFAULT_CHECKPOINT
-    model = load_model(ckpt, device) if Path(ckpt).is_file() else HODOR(cfg.model).to(device).eval().fuse_for_inference()
+    runner = Runner(cfg, "hodor", a.checkpoint)
+    device = runner.device
     video = VideoFile(a.video, short_side=cfg.short_side or None)
     H, W = video.native_size
-    prop = Propagator(model, cfg.window, cfg.anchor_first, cfg.amp, cfg.locality)
+    prop = runner.tracker()
     mask = np.zeros(video.size, np.float32)
     h, w = video.size
     mask[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = 1
@@ -72,13 +71,49 @@ def bench_infer(a) -> None:
                 rss_at[j + 1] = _rss_mb()
         total = time.perf_counter() - t_start
     timed = max(1, len(order) - 3)
+    from vos.utils.precision import cpu_name
+
     print(f"video {a.video} ({W}x{H}), internal {w}x{h}, {len(order)} frames, {torch.get_num_threads()} threads, "
-          f"device {device}")
+          f"device {device} ({cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+          f"{len(runner.models)} model(s); {runner.precision}")
     print(f"end to end: {len(order) / total:.2f} frames/s")
     for k, v in stages.items():
         print(f"  {k:<48} {1000 * v / timed:7.1f} ms/frame")
     print(f"stored descriptor frames: {prop.stored_frames}; RSS by frame: "
           + ", ".join(f"{k}: {v:.0f} MB" for k, v in rss_at.items()) + f"; peak RSS {peak_rss_mb():.0f} MB")
+
+
+def report_flops(name: str, size=(480, 854), window: int = 7) -> dict:
+    """Parameters and GFLOPs of one propagation step (features of the frame, decoding with W=7 past frames,
+    re-encoding, one object), counted by torch.utils.flop_counter. torchvision's deformable conv is not counted
+    by it, so its cost (2 * 9 * C * C * h * w per layer, plus the offset conv) is added by hand."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vos.config import ModelConfig, load_config
+    from vos.model import HODOR
+
+    cfg = load_config(ModelConfig, CONFIG_DIR / "model" / f"{name}.yaml", ["backbone_weights=null"])
+    model = HODOR(cfg).eval()
+    params = sum(p.numel() for p in model.parameters())
+    x, masks = torch.rand(1, 3, *size), torch.zeros(1, 1, *size)
+    masks[..., 100:300, 200:500] = 1
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        f = model.features(x)
+        d = model.step(f, given=model.masks_to_s4(masks, f)).desc
+        model.step(f, d[:, None].expand(1, window, -1, -1), torch.ones(1, window, d.shape[1], dtype=torch.bool))
+    flops = fc.get_total_flops()
+    if cfg.decoder.pixel_block == "deform":
+        h, w = f.f8.shape[-2:]
+        flops += cfg.decoder.layers * 2 * 9 * cfg.channels * cfg.channels * h * w
+    return {"config": name, "params_M": params / 1e6, "gflops_per_frame": flops / 1e9, "size": size}
+
+
+def bench_flops(a) -> None:
+    for n in a.models or ["lite0", "hodor_swin_t"]:
+        for size in ((480, 854), (288, 512)):  # 480p native, and the default internal resolution
+            r = report_flops(n, size)
+            print(f"{r['config']:>14}: {r['params_M']:.2f} M parameters, {r['gflops_per_frame']:.1f} GFLOPs per "
+                  f"{r['size'][0]}x{r['size'][1]} frame (features + decode with W=7 + re-encode, one object)")
 
 
 def bench_train(a) -> None:
@@ -159,6 +194,8 @@ def main(argv=None) -> None:
     pt.add_argument("--config", required=True)
     pt.add_argument("--steps", type=int, default=20)
     pt.add_argument("overrides", nargs="*")
+    pf = sub.add_parser("flops")
+    pf.add_argument("models", nargs="*", help="model configs under configs/model/ (default: lite0 hodor_swin_t)")
     pa = sub.add_parser("attention")
     pa.add_argument("--channels", type=int, default=128)
     pa.add_argument("--heads", type=int, default=8)
@@ -167,6 +204,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.cmd == "attention":
         bench_attention(a)
+    elif a.cmd == "flops":
+        bench_flops(a)
     elif a.cmd == "infer":
         if a.short_side is None:
             from vos.config import InferConfig

@@ -3,9 +3,9 @@ inference, and export (`python -m vos.checkpoint SRC.pt [SRC2.pt ...] DST.pt`).
 
 A checkpoint is a dict with "model" (weights) and "config" (the training config as a plain dict, or at least
 {"model": ...}); training checkpoints add "optimizer", "scheduler", "scaler", "step" and "rng".
-A frozen backbone is left out of "model" and restored from its weights package when loaded. An ensemble
-checkpoint (`export(..., ensemble=True)`) keeps each member's weights under "members.<i>." and lists its sources
-in "ensemble"; it loads as a `vos.model.Ensemble`.
+A frozen backbone is left out of "model" and restored from its weights package when loaded. A checkpoint of
+several models run together (`export(..., ensemble=True)`; see vos.inference.tracker) is
+{"members": [{"model", "config", "source"}, ...]}: every member keeps its own training config.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vos.config import ModelConfig, config_from_dict
-from vos.model import HODOR, Ensemble
+from vos.model import HODOR
 from vos.utils import VosError, atomic_path
 
 BACKBONE = r"backbone\."
@@ -40,7 +40,18 @@ def _migrate(weights: dict) -> dict:
     return {re.sub(r"^(decoder\.\d+\.)(k_bg|v_bg)\.", r"\1attn.\2.", k): v for k, v in weights.items()}
 
 
+def _migrate_config(cfg: dict) -> dict:
+    """Configs of older versions: validation's inference settings now live in val.infer."""
+    val = cfg.get("val")
+    if isinstance(val, dict) and any(k in val for k in ("window", "anchor_first", "short_side")):
+        val = dict(val)
+        val["infer"] = {k: val.pop(k) for k in ("window", "anchor_first", "short_side") if k in val}
+        cfg = {**cfg, "val": val}
+    return cfg
+
+
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's dict (see the module's docstring), loaded with weights_only=True."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -49,10 +60,22 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:120]}); "
                               "use an earlier checkpoint or start a new run") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path} is not a vos checkpoint (it needs 'model' and 'config' entries)")
-    state["model"] = _migrate(state["model"])
+    if isinstance(state, dict) and "ensemble" in state:  # the format of 2026-12-01: members' weights by prefix
+        state = {"members": [{"model": {k.split(".", 2)[2]: v for k, v in state["model"].items()
+                                        if k.startswith(f"members.{i}.")}, "config": state["config"], "source": src}
+                             for i, src in enumerate(state["ensemble"])]}
+    parts = state.get("members", [state]) if isinstance(state, dict) else [None]
+    if not parts or not all(isinstance(m, dict) and "model" in m and "config" in m for m in parts):
+        raise CheckpointError(f"{path} is not a vos checkpoint (it needs 'model' and 'config' entries, or "
+                              "'members' holding them)")
+    for m in parts:
+        m["model"], m["config"] = _migrate(m["model"]), _migrate_config(m["config"])
     return state
+
+
+def members(state: dict) -> list[dict]:
+    """The models of a checkpoint: [{"model", "config"}], one entry unless several models run together."""
+    return state.get("members", [state])
 
 
 def load_weights(model: torch.nn.Module, weights: dict, what: str, may_miss: str = NOTHING,
@@ -69,25 +92,23 @@ def load_weights(model: torch.nn.Module, weights: dict, what: str, may_miss: str
         raise CheckpointError(f"{what} (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def model_weights(model: torch.nn.Module) -> dict:
-    """The weights a checkpoint keeps: everything but frozen parameters (the frozen backbone comes from its
-    package again)."""
-    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+def model_weights(model: HODOR) -> dict:
+    """The weights a checkpoint keeps: everything but a frozen backbone (it comes from its package again)."""
+    skip = "backbone." if model.cfg.freeze_backbone else "\0"
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
 
 
 def _has_backbone(weights: dict) -> bool:
-    """Whether the weights (of a model, or of an ensemble's members) include the backbone's."""
-    return any(re.match(rf"(members\.\d+\.)?{BACKBONE}", k) and k.endswith(".weight") for k in weights)
+    return any(re.match(BACKBONE, k) and k.endswith(".weight") for k in weights)
 
 
 def init_from(model: HODOR, path: str | Path) -> None:
     """Start a run from another checkpoint's weights. A frozen backbone may be absent from it; a different
     decoder.pixel_block starts fresh (only that block)."""
     state = load_checkpoint(path)
-    if state.get("ensemble"):
-        raise CheckpointError(f"init_from {path}: an ensemble checkpoint; start from one of its members "
-                              f"({', '.join(state['ensemble'])})")
+    if "members" in state:
+        raise CheckpointError(f"init_from {path}: a checkpoint of several models; start from one of them "
+                              f"({', '.join(str(m.get('source', i)) for i, m in enumerate(state['members']))})")
     theirs = state["config"].get("model", {}).get("decoder", {}).get("pixel_block")
     block = r"decoder\.\d+\.block\." if theirs != model.cfg.decoder.pixel_block else NOTHING
     load_weights(model, state["model"], f"init_from {path}: model does not match this config",
@@ -112,63 +133,69 @@ def restore_training(state: dict, model, optimizer, scheduler, scaler, device: t
     return int(state["step"])
 
 
-def load_model(path: str | Path, device: torch.device, fuse: bool = True) -> HODOR | Ensemble:
-    """A HODOR model (or an Ensemble of them) for inference from a checkpoint that carries its own model config
-    (BatchNorm folded into the convolutions unless fuse=False)."""
-    state = load_checkpoint(path)
+def load_models(path: str | Path, device: torch.device, fuse: bool = True) -> list[HODOR]:
+    """The HODOR model(s) of a checkpoint, for inference: one, or several that run together (each member built
+    from its own model config; BatchNorm folded into the convolutions unless fuse=False)."""
+    return [_build(path, part, device, fuse) for part in members(load_checkpoint(path))]
+
+
+def _build(path, part: dict, device: torch.device, fuse: bool) -> HODOR:
     try:
-        mcfg = config_from_dict(ModelConfig, state["config"]["model"])
+        mcfg = config_from_dict(ModelConfig, part["config"]["model"])
     except (KeyError, VosError) as e:
         raise CheckpointError(f"{path}: no usable model config inside ({e})") from None
-    n = len(state.get("ensemble") or [])
-    has_backbone = _has_backbone(state["model"])
+    has_backbone = _has_backbone(part["model"])
     if has_backbone or not mcfg.freeze_backbone:
         mcfg.backbone_weights = None  # the checkpoint holds all weights
-    elif mcfg.backbone_weights is None or n:
+    elif mcfg.backbone_weights is None:
         raise CheckpointError(f"{path} has no backbone weights and names no source for them")
-    model = Ensemble([HODOR(mcfg) for _ in range(n)]) if n else HODOR(mcfg)
-    load_weights(model, state["model"], f"{path} does not fit the model it describes; is it a vos checkpoint "
+    model = HODOR(mcfg)
+    load_weights(model, part["model"], f"{path} does not fit the model it describes; is it a vos checkpoint "
                  "of this version?", may_miss=NOTHING if has_backbone else BACKBONE)
     model = model.to(device).eval()
     return model.fuse_for_inference() if fuse else model
 
 
+def _half(weights: dict) -> dict:
+    return {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+
+
 def export(srcs: list[str], dst: str, ensemble: bool = False) -> None:
-    """Keep the weights (fp16 storage: the loader casts back to fp32) and the first source's config; drop the
-    optimizer, scheduler and RNG states. Several sources of one architecture are averaged weight by weight (a
-    "model soup"; it helps when the runs started from the same initialisation), or with `ensemble` kept side by
-    side as the members of an Ensemble (their predictions are averaged at every frame)."""
+    """Keep the weights (fp16 storage: the loader casts back to fp32) and the config; drop the optimizer,
+    scheduler and RNG states. Several sources of one architecture are averaged weight by weight (a "model soup";
+    it helps when the runs started from the same initialisation; the first source's config is kept), or with
+    `ensemble` kept side by side, each with its own config, as models that run together (their predictions
+    are averaged at every frame: vos.inference.tracker)."""
     states = [load_checkpoint(s) for s in srcs]
-    first = states[0]["model"]
-    for src, state in zip(srcs[1:], states[1:]):
-        if state["model"].keys() != first.keys() or any(state["model"][k].shape != v.shape for k, v in first.items()):
-            raise VosError(f"cannot {'ensemble' if ensemble else 'average'} {srcs[0]} and {src}: the architectures "
-                           "differ")
+    for src, state in zip(srcs, states):
+        if "members" in state:
+            raise VosError(f"{src} already holds several models; export from their own checkpoints")
     if ensemble:
         if len(srcs) < 2:
             raise VosError("an ensemble needs at least two source checkpoints")
-        if not all(_has_backbone(s["model"]) for s in states):
-            raise VosError("ensemble members must carry their backbone weights (trained with an unfrozen backbone)")
-        weights = {f"members.{i}.{k}": v.half() if v.is_floating_point() else v
-                   for i, s in enumerate(states) for k, v in s["model"].items()}
-        save_checkpoint(dst, {"model": weights, "config": states[0]["config"], "ensemble": list(srcs)})
+        save_checkpoint(dst, {"members": [{"model": _half(s["model"]), "config": s["config"], "source": str(src)}
+                                          for src, s in zip(srcs, states)]})
         return
+    first = states[0]["model"]
+    for src, state in zip(srcs[1:], states[1:]):
+        if state["model"].keys() != first.keys() or any(state["model"][k].shape != v.shape for k, v in first.items()):
+            raise VosError(f"cannot average {srcs[0]} and {src}: the architectures differ")
     weights = {}
     for k, v in first.items():
         if v.is_floating_point():
-            weights[k] = torch.stack([s["model"][k].float() for s in states]).mean(0).half()
+            weights[k] = torch.stack([s["model"][k].float() for s in states]).mean(0)
         else:  # integer buffers (e.g. BatchNorm's counter): keep the first
             weights[k] = v
-    save_checkpoint(dst, {"model": weights, "config": states[0]["config"], "step": states[0].get("step"),
+    save_checkpoint(dst, {"model": _half(weights), "config": states[0]["config"], "step": states[0].get("step"),
                           "sources": list(srcs)})
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(prog="python -m vos.checkpoint", description="export a shippable model: one "
-                                 "checkpoint, a weight average of several, or (--ensemble) an ensemble of several")
+                                 "checkpoint, a weight average of several, or (--ensemble) several models that run together")
     ap.add_argument("src", nargs="+", help="source checkpoints")
     ap.add_argument("dst", help="the exported checkpoint")
-    ap.add_argument("--ensemble", action="store_true", help="keep the sources as ensemble members")
+    ap.add_argument("--ensemble", action="store_true", help="keep the sources side by side, each with its own config")
     args = ap.parse_args()
     try:
         export(args.src, args.dst, args.ensemble)

@@ -5,7 +5,8 @@ string, that string names a file `configs/<key>/<name>.yaml` (or is a path to a 
 `model: lite0` in a training config, or `model=hodor_swin_t` on the command line.
 
 Unknown keys are errors that name the closest valid key: a silently ignored typo once broke the reference
-implementation's sparse-video training.
+implementation's sparse-video training. Choice fields are enums (an unknown value is an error listing the
+valid ones) and numeric fields declare their range (`bounded`), both checked when a config is loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -29,15 +31,69 @@ class ConfigError(VosError):
     pass
 
 
+def bounded(default: Any, min: float | None = None, max: float | None = None, above: float | None = None) -> Any:
+    """A field whose value must lie in [min, max] (and be > `above`), checked at load."""
+    return field(default=default, metadata={"min": min, "max": max, "above": above})
+
+
+class Schedule(StrEnum):
+    cosine = "cosine"
+    step = "step"
+    constant = "constant"
+
+
+class Trainable(StrEnum):
+    all = "all"
+    heads = "heads"  # HODOR.param_groups()["heads"]: all but the backbone and FPN
+
+
+class Regime(StrEnum):
+    static = "static"
+    composite = "composite"
+    merge = "merge"
+    sparse = "sparse"
+    dense = "dense"
+
+
+class Layout(StrEnum):
+    davis2016 = "davis2016"
+    davis2017 = "davis2017"
+    youtubevos = "youtubevos"
+    sparse_folder = "sparse_folder"  # experiments only: images/<seq>/ + masks/<seq>/ with each object's first mask
+
+
+class Method(StrEnum):
+    hodor = "hodor"
+    copy = "copy"
+    flow = "flow"
+
+
+class Prompt(StrEnum):
+    mask = "mask"  # the dataset's annotation
+    box = "box"  # a GrabCut mask from the annotation's bounding box (what `infer.py --box` does)
+
+
+class Amp(StrEnum):
+    auto = "auto"  # time both precisions once on this machine and keep the faster (vos.utils.precision)
+    true = "true"  # bf16 (fp16 on CUDA without bf16)
+    false = "false"  # fp32
+
+
+class Wandb(StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
 # ----------------------------------------------------------------------------------------------- model
 @dataclass
 class EncoderConfig:
-    layers: int = 2
+    layers: int = bounded(2, min=1)
 
 
 @dataclass
 class DecoderConfig:
-    layers: int = 2
+    layers: int = bounded(2, min=1)
     # Local pixel-mixing block of each decoder layer: "deform" (3x3 deformable conv, the paper's), "conv"
     # (depthwise-separable 3x3 conv, cheap on CPU), "none", or an attention block from vos.model.pixel_blocks.
     pixel_block: str = "conv"
@@ -50,12 +106,12 @@ class ModelConfig:
     # network); a path to a state-dict file; or null for random initialisation.
     backbone_weights: Optional[str] = "package"
     freeze_backbone: bool = False
-    channels: int = 96  # C: stride-8 feature and descriptor width
-    mask_channels: int = 32  # stride-4 mask-feature width
-    heads: int = 8
-    ffn_mult: int = 4
-    bg_grid: int = 3  # background descriptors = bg_grid ** 2
-    dropout: float = 0.0
+    channels: int = bounded(96, min=8)  # C: stride-8 feature and descriptor width
+    mask_channels: int = bounded(32, min=4)  # stride-4 mask-feature width
+    heads: int = bounded(8, min=1)
+    ffn_mult: int = bounded(4, min=1)
+    bg_grid: int = bounded(3, min=1)  # background descriptors = bg_grid ** 2
+    dropout: float = bounded(0.0, min=0, max=0.99)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
@@ -63,28 +119,31 @@ class ModelConfig:
 # ------------------------------------------------------------------------------------------- inference
 @dataclass
 class AdaptConfig:
-    """Test-time adaptation: fine-tune a copy of the model on the given frame(s) of the video before propagating."""
+    """Test-time adaptation (vos.adapt): fine-tune a copy of the model on the given frame(s) of the video, with the
+    training loop's own step, before propagating."""
 
-    steps: int = 0  # 0 = off
-    lr: float = 1e-4
-    batch_size: int = 2
-    size: int = 288  # square training crops at the internal resolution
-    static_weight: float = 0.5  # pseudo-clips of the given frame; the rest: cycles over the video's other frames
+    steps: int = bounded(0, min=0)  # 0 = off
+    lr: float = bounded(1e-4, min=0)
+    batch_size: int = bounded(2, min=1)
+    size: int = bounded(288, min=32)  # square training crops at the internal resolution
+    # pseudo-clips of the given frame; the rest: cycles over the video's other frames
+    static_weight: float = bounded(0.5, min=0, max=1)
     seed: int = 0
-    train: str = "all"  # all | heads (encoder, decoder and mask head; backbone and FPN stay fixed)
+    train: Trainable = Trainable.all  # all | heads (the backbone and FPN stay fixed)
 
 
 @dataclass
 class InferConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    window: int = 7  # W: past frames whose descriptors the decoder attends to
+    window: int = bounded(7, min=1)  # W: past frames whose descriptors the decoder attends to
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
-    # locality prior: each object stays within this fraction of the frame's longer side of where it was in the
-    # last frame (its probability x1e-3 beyond), so look-alikes far away do not take it over; 0 = off
-    locality: float = 0.2
-    short_side: int = 288  # internal resolution (shorter image side); 0 = native resolution
+    # locality rule (vos.inference.locality): each object stays within this fraction of the frame's longer side of
+    # where it was in the last frame (its probability x locality_floor beyond), so look-alikes far away do not
+    # take it over; 0 = off
+    locality: float = bounded(0.2, min=0, max=1)
+    locality_floor: float = bounded(1e-3, min=0, max=1)
+    short_side: int = bounded(288, min=0)  # internal resolution (shorter image side); 0 = native resolution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision: bf16 (fp16 on CUDA without bf16); on a CPU only with native bf16
+    amp: Amp = Amp.auto  # auto: the faster of fp32 and bf16, timed once on this machine; true: bf16; false: fp32
     adapt: AdaptConfig = field(default_factory=lambda: AdaptConfig())
 
 
@@ -95,16 +154,16 @@ class DataSource:
     kind: str = "synthetic"
     root: str = ""  # relative to data.root unless absolute
     split: str = "train"
-    weight: float = 1.0  # sampling weight in a mixture; weights of all sources must sum to 1
-    regime: str = "static"  # static | composite | merge (pseudo-clips from annotated images) | sparse | dense
+    weight: float = bounded(1.0, min=0)  # sampling weight in a mixture; weights of all sources must sum to 1
+    regime: Regime = Regime.static  # static | composite | merge (pseudo-clips from annotated images) | sparse | dense
     # which frame is the one annotated frame: first | middle | random | a JSON file {video: frame name}
     annotated: str = "first"
-    max_gap: int = 12  # sparse/dense video: other clip frames within this many frames of the annotated one
+    max_gap: int = bounded(12, min=1)  # sparse/dense video: other clip frames within this many frames of the annotated one
     # Augmentation table row (vos.data.augment.AUGMENT); "" = the regime's own row. Setting it lets two regimes
     # be compared at equal augmentation, or changes one regime's strength.
     augment: str = ""
     coco_annotations: str = ""  # coco: path to instances_*.json
-    length: int = 64  # synthetic: number of generated clips
+    length: int = bounded(64, min=1)  # synthetic: number of generated clips
 
 
 # Where datasets live: the VOS_DATA environment variable, else ../shared/data (the development machines' copy).
@@ -116,24 +175,25 @@ class DataConfig:
     root: str = DATA_ROOT  # relative source roots are resolved against this
     sources: list[DataSource] = field(default_factory=lambda: [DataSource()])
     size: list[int] = field(default_factory=lambda: [192, 192])  # training crop (H, W)
-    max_objects: int = 3
-    workers: int = 0
+    max_objects: int = bounded(3, min=1)
+    workers: int = bounded(0, min=0)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup: int = 100
-    schedule: str = "cosine"  # cosine | step | constant
+    lr: float = bounded(1e-4, min=0)
+    weight_decay: float = bounded(0.01, min=0)
+    warmup: int = bounded(100, min=0)
+    schedule: Schedule = Schedule.cosine  # cosine | step | constant
     step_milestones: list[int] = field(default_factory=list)
-    step_gamma: float = 0.1
-    steps: int = 1000
-    batch_size: int = 2  # per process
-    effective_batch: int = 0  # 0 = batch_size * world size; else accumulate gradients to reach it
-    clip_grad: float = 1.0
+    step_gamma: float = bounded(0.1, above=0)
+    steps: int = bounded(1000, min=1)
+    batch_size: int = bounded(2, min=1)  # per process
+    effective_batch: int = bounded(0, min=0)  # 0 = batch_size * world size; else accumulate gradients to reach it
+    clip_grad: float = bounded(1.0, above=0)
     amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; bf16 on a CPU with native bf16, else off
-    max_nonfinite: int = 10  # stop after this many non-finite losses in a row
+    train: Trainable = Trainable.all  # which of HODOR.param_groups() the optimizer moves
+    max_nonfinite: int = bounded(10, min=1)  # stop after this many non-finite losses in a row
 
 
 @dataclass
@@ -144,24 +204,22 @@ class CycleConfig:
 
 @dataclass
 class LogConfig:
-    wandb: str = "offline"  # offline | online | disabled (WANDB_MODE overrides)
+    wandb: Wandb = Wandb.offline  # offline | online | disabled (WANDB_MODE overrides)
     project: str = "vos"
-    every: int = 10
-    image_every: int = 200
+    every: int = bounded(10, min=1)
+    image_every: int = bounded(200, min=0)
 
 
 @dataclass
 class ValConfig:
-    """Periodic validation J&F during training, with its own inference settings."""
+    """Periodic validation J&F during training: inference with `infer` (an InferConfig, as infer.py runs it)."""
 
-    every: int = 0  # 0 = no periodic validation
+    every: int = bounded(0, min=0)  # 0 = no periodic validation
     root: str = "davis2016"  # relative to data.root unless absolute
-    layout: str = "davis2016"
+    layout: Layout = Layout.davis2016
     split: str = "dev"
-    max_seqs: int = 0  # 0 = all
-    window: int = 7
-    anchor_first: bool = True
-    short_side: int = 288
+    max_seqs: int = bounded(0, min=0)  # 0 = all
+    infer: InferConfig = field(default_factory=InferConfig)
 
 
 @dataclass
@@ -174,7 +232,7 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
     init_from: str = ""  # checkpoint whose model weights initialise this run (e.g. static -> cycle)
     out_dir: str = "runs/default"
-    ckpt_every: int = 200
+    ckpt_every: int = bounded(200, min=1)
     seed: int = 0
     device: str = "auto"
 
@@ -190,18 +248,18 @@ class ExperimentConfig:
     train_overrides: list[str] = field(default_factory=list)
     checkpoint: str = ""  # instead of training: a checkpoint path, or "runs/<name>" of an experiment in `after`
     average: list[str] = field(default_factory=list)  # instead: the weight average of these experiments' runs
-    ensemble: list[str] = field(default_factory=list)  # instead: these experiments' runs as one Ensemble
-    method: str = "hodor"  # hodor | copy | flow
+    ensemble: list[str] = field(default_factory=list)  # instead: these experiments' runs side by side (run together)
+    method: Method = Method.hodor  # hodor | copy | flow
     # mask: the dataset's first-frame annotation; box: a GrabCut mask from the annotation's bounding box
     # (what `infer.py --box` does), as a user without a mask file would start
-    prompt: str = "mask"
-    prompt_frame: int = 0  # start from the annotation of this frame (index) instead of the first one
+    prompt: Prompt = Prompt.mask
+    prompt_frame: int = bounded(0, min=0)  # start from the annotation of this frame (index) instead of the first one
     infer_overrides: list[str] = field(default_factory=list)
     data_root: str = DATA_ROOT
     dataset: str = "davis2016"  # relative to data_root unless absolute
     # davis2016 | davis2017 | youtubevos, or sparse_folder: images/<seq>/ + masks/<seq>/ holding only each
     # object's first mask (no J&F; each object's area per frame is reported); split: comma-separated sequences
-    layout: str = "davis2016"
+    layout: Layout = Layout.davis2016
     split: str = "dev"
 
 
@@ -261,6 +319,8 @@ def _resolve(data: dict, schema: type, where: str = "") -> dict:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{where}{key}' must be a mapping or the name of a {key} config")
             value = _resolve(value, ftype, f"{where}{key}.")
+        elif ftype is Amp and isinstance(value, bool):  # YAML reads `amp: true` as a boolean
+            value = "true" if value else "false"
         elif getattr(ftype, "__origin__", None) is list and isinstance(value, list):
             (item_type,) = ftype.__args__
             if dataclasses.is_dataclass(item_type):
@@ -294,13 +354,35 @@ def load_config(schema: type, path: str | Path | None = None, overrides: Sequenc
             cfg = OmegaConf.merge(cfg, layer)
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid config value: {e}".splitlines()[0]) from None
+    _check_ranges(cfg, schema)
     OmegaConf.set_struct(cfg, True)
     return cfg
 
 
+def _check_ranges(cfg: DictConfig, schema: type, where: str = "") -> None:
+    """Every `bounded` field within its range (recursively)."""
+    for name, f in _fields(schema).items():
+        ftype, value = _field_type(schema, name), cfg[name]
+        if dataclasses.is_dataclass(ftype):
+            _check_ranges(value, ftype, f"{where}{name}.")
+        elif getattr(ftype, "__origin__", None) is list and dataclasses.is_dataclass(ftype.__args__[0]):
+            for i, item in enumerate(value):
+                _check_ranges(item, ftype.__args__[0], f"{where}{name}[{i}].")
+        elif f.metadata and value is not None:
+            lo, hi, above = f.metadata["min"], f.metadata["max"], f.metadata["above"]
+            if (lo is not None and value < lo) or (hi is not None and value > hi) or (above is not None and value <= above):
+                bounds = " and ".join(b for b in (f">= {lo}" if lo is not None else "", f"<= {hi}" if hi is not None
+                                                  else "", f"> {above}" if above is not None else "") if b)
+                raise ConfigError(f"config value {where}{name}={value} is out of range: it must be {bounds}")
+
+
 def config_from_dict(schema: type, data: dict) -> DictConfig:
     """Rebuild a config saved as a plain dict (e.g. inside a checkpoint), validating its keys."""
-    cfg = OmegaConf.merge(OmegaConf.structured(schema), _resolve(data, schema))
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), _resolve(data, schema))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid config value: {e}".splitlines()[0]) from None
+    _check_ranges(cfg, schema)
     OmegaConf.set_struct(cfg, True)
     return cfg
 
@@ -311,7 +393,8 @@ def data_path(data_root: str, path: str) -> str:
 
 
 def to_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+    """Plain Python (choices as strings): what checkpoints and logs store."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:

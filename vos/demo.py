@@ -28,7 +28,7 @@ def strip(video: Path, out: Path, frames=(0, 60, 120, 199), width: int = 320) ->
 
 
 def main(out: str = "outputs/demo") -> int:
-    from vos.inference.cli import main as infer_main
+    from vos.infer import main as infer_main
 
     out_dir = Path(out)
     boxes = [a for b in BOXES for a in ("--box", b)]

@@ -3,7 +3,8 @@
 Each file is one row of RESULTS.md. The runner trains (resuming an interrupted run, skipping a finished one),
 segments the evaluation split with infer.py's runner, evaluates it with vos.eval, and writes
 results/experiments/NAME.txt (the command, the J&F table, per-video scores) and the row's figures into
-results/experiments.csv (one line per experiment, replaced when re-run).
+results/experiments.csv (one line per experiment, replaced when re-run). Runs go to runs/NAME, outputs to
+outputs/experiments/NAME: all three folders under the repository, wherever the command is run from.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from vos.utils import VosError, atomic_path
 
 ROOT = CONFIG_DIR.parent
 RESULTS = ROOT / "results"
+RUNS = ROOT / "runs"
+OUTPUTS = ROOT / "outputs"
 
 
 def _experiment_file(name: str) -> Path:
@@ -33,7 +36,7 @@ def _train(name: str, e) -> Path:
     from vos.checkpoint import load_checkpoint
     from vos.train.loop import train
 
-    cfg = load_config(TrainConfig, ROOT / e.train, list(e.train_overrides) + [f"out_dir=runs/{name}"])
+    cfg = load_config(TrainConfig, ROOT / e.train, list(e.train_overrides) + [f"out_dir={RUNS / name}"])
     ckpt = Path(cfg.out_dir) / "checkpoint.pt"
     if ckpt.is_file() and int(load_checkpoint(ckpt)["step"]) >= cfg.optim.steps:
         print(f"{name}: {ckpt} is complete; not training again")
@@ -46,7 +49,20 @@ def _train(name: str, e) -> Path:
     return ckpt
 
 
-def checkpoint_of(name: str, done: set[str] | None = None) -> Path | None:
+def _load(path: Path) -> "DictConfig":  # noqa: F821
+    """An experiment's config, checked: at most one source of weights, and one for the model."""
+    e = load_config(ExperimentConfig, path)
+    sources = [k for k in ("train", "checkpoint", "average", "ensemble") if e[k]]
+    if len(sources) > 1:
+        raise VosError(f"experiment {path.stem}: give one source of weights, not {' and '.join(sources)}")
+    if e.method == "hodor" and not sources:
+        raise VosError(f"experiment {path.stem}: the model needs weights: give train, checkpoint, average or ensemble")
+    if e.method != "hodor" and sources:
+        raise VosError(f"experiment {path.stem}: method {e.method} is a baseline and takes no weights ({sources[0]})")
+    return e
+
+
+def checkpoint_of(name: str, done: set[str] | None = None, chain: tuple[str, ...] = ()) -> Path | None:
     """Run the experiments it depends on, then produce its checkpoint (None for baselines). name: an
     experiment's name under configs/experiments/ or its YAML's path."""
     from vos.checkpoint import export
@@ -54,20 +70,23 @@ def checkpoint_of(name: str, done: set[str] | None = None) -> Path | None:
     done = set() if done is None else done
     path = _experiment_file(name)
     name = path.stem
-    e = load_config(ExperimentConfig, path)
+    if name in chain:
+        raise VosError(f"experiment {name}: `after` runs in a cycle: {' -> '.join(chain + (name,))}")
+    e = _load(path)
     for dep in e.after:
         if dep not in done:
-            checkpoint_of(dep, done)
+            checkpoint_of(dep, done, chain + (name,))
             done.add(dep)
     if e.train:
         return _train(name, e)
     if e.average or e.ensemble:
-        dst = Path("runs") / name / ("average.pt" if e.average else "ensemble.pt")
-        srcs = [str(checkpoint_of(d, done)) for d in e.average or e.ensemble]
+        dst = RUNS / name / ("average.pt" if e.average else "ensemble.pt")
+        srcs = [str(checkpoint_of(d, done, chain + (name,))) for d in e.average or e.ensemble]
         export(srcs, str(dst), ensemble=bool(e.ensemble))
         return dst
     if e.checkpoint:
         p = Path(e.checkpoint)
+        p = p if p.is_absolute() else ROOT / p
         if p.is_dir():
             p = p / "checkpoint.pt"
         if not p.is_file():
@@ -77,17 +96,19 @@ def checkpoint_of(name: str, done: set[str] | None = None) -> Path | None:
 
 
 def run(name: str) -> dict:
+    from vos.adapt import runner as make_runner
     from vos.data import list_sequences
-    from vos.eval.davis import evaluate_dataset, format_table
-    from vos.inference.run import Runner, jobs_for_dataset
+    from vos.eval import evaluate_dataset, format_table, per_video_spread
+    from vos.inference.run import jobs_for_dataset
 
     path = _experiment_file(name)
     name = path.stem
-    e = load_config(ExperimentConfig, path)
+    e = _load(path)
     ckpt = checkpoint_of(str(path))
     dataset = data_path(e.data_root, e.dataset)
-    runner = Runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None)
-    out = Path("outputs") / "experiments" / name
+    runner = make_runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None)
+    print(runner.precision)
+    out = OUTPUTS / "experiments" / name
     if e.layout == "sparse_folder":
         return _run_areas(name, path, e, ckpt, dataset, runner, out)
     frames = seconds = adapt_seconds = 0.0
@@ -99,18 +120,18 @@ def run(name: str) -> dict:
     for job in jobs:
         if e.prompt == "box":
             prompt_ious.append(_box_prompt(job, out / "_prompts"))
-        elif e.prompt != "mask":
-            raise VosError(f"experiment {name}: prompt must be mask or box, not '{e.prompt}'")
         r = runner.run(job, out, progress=False)
         frames, seconds, adapt_seconds = frames + r["frames"], seconds + r["seconds"], adapt_seconds + r["adapt_seconds"]
     table, rows = evaluate_dataset(dataset, e.layout, e.split, out)
-    jf = {r["Sequence"]: 50 * (r["J-Mean"] + r["F-Mean"]) for r in rows}
+    spread = per_video_spread(rows)
+    jf = spread["per video"]
     row = {"experiment": name, "J&F": 100 * table["J&F-Mean"], "J": 100 * table["J-Mean"], "F": 100 * table["F-Mean"],
-           "per-video J&F std": float(np.std(list(jf.values()))), "min video J&F": min(jf.values()),
+           "per-video J&F std": spread["std"], "min video J&F": spread["min"],
            "frames/s": frames / max(seconds, 1e-9), "s/video": seconds / len(jobs),
            "adapt s/video": adapt_seconds / len(jobs), "date": datetime.date.today().isoformat()}
     text = (f"python -m vos.experiment {_shown(path)}\n"
-            f"{e.description}\ncheckpoint: {ckpt or e.method}; {int(frames)} frames at {row['frames/s']:.1f} frames/s; "
+            f"{e.description}\ncheckpoint: {_shown(ckpt) if ckpt else e.method}; {runner.precision}; {int(frames)} frames "
+            f"at {row['frames/s']:.1f} frames/s; "
             f"{row['s/video']:.1f} s per video (of which adaptation {row['adapt s/video']:.1f} s)\n\n"
             f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
     if e.prompt_frame:
@@ -134,32 +155,31 @@ def _run_areas(name: str, path: Path, e, ckpt, dataset: str, runner, out: Path) 
     from vos.data import read_mask
     from vos.inference.run import jobs_for_input
 
+    from vos.eval import object_areas
+
     row = {"experiment": name, "date": datetime.date.today().isoformat()}
     text = (f"python -m vos.experiment {_shown(path)}\n"
-            f"{e.description}\ncheckpoint: {ckpt or e.method}\n")
+            f"{e.description}\ncheckpoint: {_shown(ckpt) if ckpt else e.method}; {runner.precision}\n")
     for seq in e.split.split(","):
         job, = jobs_for_input(str(Path(dataset) / "images" / seq), None, None, str(Path(dataset) / "masks" / seq))
         runner.run(job, out, progress=False)
         pred = sorted((out / job.name).glob("*.png"))
-        areas = [np.bincount(read_mask(q)[0].ravel(), minlength=256) for q in pred]
-        names, size = [q.stem for q in pred], read_mask(pred[0])[0].shape
+        names, maps = [q.stem for q in pred], [read_mask(q)[0] for q in pred]
         given = {}
         for fname, mpath in job.prompts.items():
-            ids = read_mask(mpath, size=size)[0]
+            ids = read_mask(mpath, size=maps[0].shape)[0]
             for k in set(np.unique(ids).tolist()) - {0}:
                 given.setdefault(k, (names.index(fname), int((ids == k).sum())))
+        stats = object_areas(maps, given)
         text += f"\n{seq}: object area (px) per frame, from the frame it is given\n"
-        mins = {}
         for k, (t0, a0) in sorted(given.items()):
-            seen = [int(a[k]) for a in areas[t0 + 1:]]
-            mins[k] = min(seen) if seen else a0
-            text += f"  object {k} (given at frame {t0}, {a0} px): " + " ".join(map(str, seen)) + "\n"
-        ratio = float(areas[-1][1]) / max(given.get(1, (0, 1))[1], 1)
+            text += f"  object {k} (given at frame {t0}, {a0} px): " + " ".join(map(str, stats["areas"][k])) + "\n"
+        mins = stats["min"]
         row[f"{seq}: min object px after given"] = float(min(mins.values()))
-        row[f"{seq}: object 1 area at last frame / given"] = ratio
+        row[f"{seq}: object 1 area at last frame / given"] = stats["ratio1"]
         text += (f"  smallest area of any object after it is given: {min(mins.values())} px (per object: "
-                 + ", ".join(f"{k}: {v}" for k, v in mins.items()) + f"); object 1 at the last frame: {ratio:.2f}x "
-                 f"its given area\n")
+                 + ", ".join(f"{k}: {v}" for k, v in mins.items()) + f"); object 1 at the last frame: "
+                 f"{stats['ratio1']:.2f}x its given area\n")
     return _save(name, text, row)
 
 
@@ -172,18 +192,12 @@ def _move_prompts(jobs: list, seqs: dict, frame: int) -> None:
         job.prompts = {s.frame_names[frame]: s.annotations[frame]}
 
 
-def _fg_iou(gt: np.ndarray, pred: np.ndarray) -> float:
-    """IoU of all objects together (void 255 is not an object); 1 when both are empty."""
-    fg = (gt > 0) & (gt != 255)
-    union = (fg | pred).sum()
-    return float((fg & pred).sum() / union) if union else 1.0
-
-
 def _iou_before(jobs: list, seqs: dict, frame: int, out: Path) -> dict[str, float]:
     """Per video: mean foreground IoU over the frames before the annotated one."""
     from vos.data import read_mask
+    from vos.eval import foreground_iou
 
-    return {job.name: float(np.mean([_fg_iou(seqs[job.name].read_mask(t)[0],
+    return {job.name: float(np.mean([foreground_iou(seqs[job.name].read_mask(t)[0],
                                              read_mask(out / job.name / f"{seqs[job.name].frame_names[t]}.png")[0] > 0)
                                      for t in range(frame)])) for job in jobs}
 
@@ -206,10 +220,13 @@ def _box_prompt(job, folder: Path) -> float:
     write_mask(folder / f"{job.name}.png", ids)
     job.prompts = {name: folder / f"{job.name}.png"}
     job.binary_255 = False
-    return _fg_iou(gt, ids > 0)
+    from vos.eval import foreground_iou
+
+    return foreground_iou(gt, ids > 0)
 
 
 def _shown(path: Path) -> Path:
+    path = Path(path)
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 

@@ -1,5 +1,10 @@
 """The app's HTTP API (Flask). One session per uploaded video, under <out>/<session id>/ (ids are random hex
-made here, file names are fixed here: no path from the client is ever used)."""
+made here, file names are fixed here: no path from the client is ever used).
+
+Several people may use it at once (Flask serves each request in a thread): each session's video reader is used
+under the session's lock, the model is loaded once (under a lock) and shared, every propagation has its own
+Tracker, and sessions are evicted (reader closed, folder removed) when idle for `idle_minutes` or when more
+than `max_sessions` exist (least recently used first; a session that is propagating is never evicted)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import io
 import re
 import shutil
 import threading
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -22,16 +28,28 @@ SID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class Session:
-    """One video in the app: its folder, frames (streamed), prompts and the propagation's state."""
+    """One video in the app: its folder, frames (streamed; read under `lock`), prompts (frame index -> (H, W)
+    uint8 id map, shown on the frames and handed to a VideoSession when propagating), the propagation's state,
+    and when it was last used (for eviction)."""
 
     def __init__(self, folder: Path, video: Path):
         from vos.data import VideoFile
 
         self.folder, self.video = folder, video
         self.frames = VideoFile(video)  # raises FrameError for anything that is not a readable video
-        self.prompts: dict[int, np.ndarray] = {}  # frame index -> (H, W) uint8 id map
+        self.prompts: dict[int, np.ndarray] = {}
         self.state, self.done, self.total, self.error = "ready", 0, len(self.frames), ""
         self.lock = threading.Lock()
+        self.last_used = time.monotonic()
+
+    def frame(self, t: int) -> np.ndarray:
+        with self.lock:  # one decoder, many request threads
+            return self.frames[t]
+
+    def close(self) -> None:
+        with self.lock:
+            self.frames.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def info(self) -> dict:
         h, w = self.frames.native_size
@@ -40,11 +58,12 @@ class Session:
 
 
 def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = None, max_upload_mb: int = 500,
-               max_frames: int = 20000) -> Flask:
+               max_frames: int = 20000, max_sessions: int = 8, idle_minutes: float = 60) -> Flask:
+    from vos.adapt import runner as make_runner
     from vos.config import InferConfig, load_config
-    from vos.data import DAVIS_PALETTE, read_mask, write_mask
+    from vos.data import DAVIS_PALETTE, read_mask
+    from vos.inference import Runner
     from vos.inference.prompts import mask_from_prompts
-    from vos.inference.run import Job, Runner
     from vos.inference.writers import overlay
 
     out = Path(out_dir).resolve()
@@ -52,20 +71,38 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_mb * 2 ** 20
     sessions: dict[str, Session] = {}
+    app.config["vos_sessions"] = sessions  # for tests and monitoring
+    sessions_lock, model_lock = threading.Lock(), threading.Lock()
     runner_box: dict = {}
 
     def runner() -> Runner:
-        if "r" not in runner_box:  # the model loads once, on first use
-            runner_box["r"] = Runner(load_config(InferConfig), "hodor", checkpoint)
+        with model_lock:  # the model loads once, on first use, however many requests ask at once
+            if "r" not in runner_box:
+                runner_box["r"] = make_runner(load_config(InferConfig), "hodor", checkpoint)
+                print(runner_box["r"].precision)
         return runner_box["r"]
+
+    def evict() -> None:
+        """Close idle sessions, then the least recently used ones beyond max_sessions - 1 (room for a new one)."""
+        with sessions_lock:
+            now = time.monotonic()
+            idle = [k for k, s in sessions.items() if s.state != "running" and now - s.last_used > 60 * idle_minutes]
+            spare = sorted((k for k, s in sessions.items() if s.state != "running" and k not in idle),
+                           key=lambda k: sessions[k].last_used)
+            gone = idle + spare[: max(0, len(sessions) - len(idle) - (max_sessions - 1))]
+            closing = [sessions.pop(k) for k in gone]
+        for s in closing:
+            s.close()
 
     def fail(message: str, code: int = 400):
         return jsonify({"error": message}), code
 
     def session(sid: str) -> Session:
-        if not SID.match(sid) or sid not in sessions:
+        s = sessions.get(sid) if SID.match(sid) else None
+        if s is None:
             abort(404)
-        return sessions[sid]
+        s.last_used = time.monotonic()
+        return s
 
     def frame_index(s: Session, value) -> int:
         try:
@@ -77,6 +114,9 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
         return t
 
     def new_session(source: Path | None, upload=None):
+        evict()
+        if len(sessions) >= max_sessions:
+            return fail(f"the app is busy: {len(sessions)} videos are being segmented; try again in a minute", 503)
         sid = uuid.uuid4().hex
         folder = out / sid
         folder.mkdir()
@@ -93,7 +133,8 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
             shutil.rmtree(folder, ignore_errors=True)
             return fail(f"{'this file is not a video we can read' if 'open video' in str(e) else e}".replace(
                 str(video), "the upload"))
-        sessions[sid] = s
+        with sessions_lock:
+            sessions[sid] = s
         return jsonify(s.info())
 
     @app.errorhandler(413)
@@ -125,7 +166,7 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
     def frame(sid: str, t: int):
         s = session(sid)
         t = frame_index(s, t)
-        img = s.frames[t]
+        img = s.frame(t)
         if t in s.prompts:
             img = overlay(img, s.prompts[t], DAVIS_PALETTE)
         buf = io.BytesIO()
@@ -147,7 +188,7 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
             raise VosError("object ids go from 1 to 254")
         box = parse_box(",".join(str(v) for v in body["box"])) if body.get("box") else None
         points = [(int(x), int(y), int(label)) for x, y, label in body.get("points", [])]
-        ids = mask_from_prompts(s.frames[t], [box] if box else [], points)
+        ids = mask_from_prompts(s.frame(t), [box] if box else [], points)
         current = s.prompts.get(t, np.zeros(s.frames.native_size, np.uint8))
         current[current == obj] = 0
         current[ids > 0] = obj
@@ -190,19 +231,17 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
             if s.state == "running":
                 return fail("already propagating")
             s.state, s.done, s.error = "running", 0, ""
-        masks = s.folder / "prompts"
-        masks.mkdir(exist_ok=True)
-        for old in masks.glob("*.png"):
-            old.unlink()
-        for t, ids in s.prompts.items():
-            write_mask(masks / f"{t:05d}.png", ids)
-        job = Job("result", s.video, {f"{t:05d}": masks / f"{t:05d}.png" for t in sorted(s.prompts)})
+        prompts = dict(s.prompts)
 
         def work():
             try:
                 def progress(done, total):
                     s.done, s.total = done, total
-                runner().run(job, s.folder, overlay_mp4=True, progress=False, on_frame=progress)
+                r = runner()
+                video = r.new_session(s.video)  # its own reader and Tracker: nothing shared but the model
+                for t, ids in sorted(prompts.items()):
+                    video.add_mask(t, ids)
+                r.run_session(video, "result", s.video, s.folder, overlay_mp4=True, progress=False, on_frame=progress)
                 s.state = "done"
             except Exception as e:  # reported to the page, not lost in a thread
                 s.state, s.error = "error", str(e)

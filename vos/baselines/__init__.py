@@ -58,10 +58,15 @@ BASELINES = {"copy": CopyBaseline, "flow": FlowBaseline}
 
 
 class BaselineStepper:
-    """Adapts a numpy baseline (copy, flow) to the Propagator.step interface, at the frame's resolution."""
+    """Adapts a numpy baseline (copy, flow) to the Tracker interface (step, remove_object, reset), at the frame's resolution."""
 
-    def __init__(self, baseline):
-        self.b = baseline
+    def __init__(self, make_baseline):
+        self.make_baseline = make_baseline
+        self.reset()
+
+    def reset(self) -> None:
+        """A new pass: a fresh baseline, no objects."""
+        self.b = self.make_baseline()
         self.object_ids: list[int] = []
         self.removed: set[int] = set()
 

@@ -176,3 +176,25 @@ def write_youtubevos(root: str | Path, clips: dict[str, tuple[np.ndarray, np.nda
         meta["videos"][name] = {"objects": objects}
     (base / "meta.json").write_text(json.dumps(meta))
     return Path(root)
+
+
+def square_clip(paths: list[tuple], n: int, size: int = 40, frame_size: tuple[int, int] = (192, 320),
+                colours: dict[int, tuple[int, int, int]] | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Flat squares moving in straight lines over smooth noise: the simplest clip a trained model must track.
+    paths: (x0, y0, vx, vy[, first frame]) per object id 1, 2, ... (pixels, pixels per frame); every square is red
+    (look-alikes) unless `colours` says otherwise; later ids are drawn over earlier ones.
+    Returns frames (n, H, W, 3) uint8 and id maps (n, H, W) uint8."""
+    H, W = frame_size
+    rng = np.random.default_rng(seed)
+    bg = cv2.resize(rng.normal(0, 1, (max(1, H // 8), max(1, W // 8), 3)), (W, H)) * 20 + 110
+    frames, masks = np.zeros((n, H, W, 3), np.uint8), np.zeros((n, H, W), np.uint8)
+    for t in range(n):
+        f = bg.copy()
+        for k, (x0, y0, vx, vy, *start) in enumerate(paths, 1):
+            if t < (start[0] if start else 0):
+                continue
+            x, y = max(0, int(x0 + vx * t)), max(0, int(y0 + vy * t))
+            f[y:y + size, x:x + size] = (colours or {}).get(k, (200, 60, 40))
+            masks[t, y:y + size, x:x + size] = k
+        frames[t] = np.clip(f, 0, 255)
+    return frames, masks

@@ -6,8 +6,9 @@ A frame source is a sequence of RGB uint8 frames (H, W, 3) with `names` (used fo
 
 from __future__ import annotations
 
+import contextlib
 import os
-
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -33,8 +34,12 @@ def _resized_size(h: int, w: int, short_side: int | None) -> tuple[int, int]:
 
 
 class FrameSource:
+    """Frames of one video, decoded on demand. Fields: names (one per frame, e.g. "00000"), size (H, W) of the
+    frames returned (after the optional resize to `short_side`), native_size (H, W) of the video itself, fps."""
+
     names: list[str]
     size: tuple[int, int]
+    native_size: tuple[int, int]
     fps: float
 
     def __len__(self) -> int:
@@ -216,14 +221,18 @@ class Mp4Writer:
     """Streaming H.264 mp4 writer (PyAV). The file appears under its name only when closed without error."""
 
     def __init__(self, path: str | Path, fps: float = 24.0, crf: int = 20):
+        import av
+
         from vos.utils import atomic_path
 
         self.fps, self.crf = fps, crf
-        self._atomic = atomic_path(path)
-        self._tmp = self._atomic.__enter__()
-        import av
-
-        self._container = av.open(str(self._tmp), "w")
+        self._files = contextlib.ExitStack()  # the temporary file is renamed onto `path` only on a clean exit
+        self._tmp = self._files.enter_context(atomic_path(path))
+        try:
+            self._container = av.open(str(self._tmp), "w")
+        except BaseException:
+            self._files.__exit__(*sys.exc_info())  # removes the temporary file
+            raise
         self._stream = None
 
     def write(self, frame: np.ndarray) -> None:
@@ -248,4 +257,4 @@ class Mp4Writer:
                     self._container.mux(packet)
         finally:
             self._container.close()
-            self._atomic.__exit__(exc_type, exc, tb)
+            self._files.__exit__(exc_type, exc, tb)

@@ -1,9 +1,8 @@
-"""Inference: the streaming Propagator (with its object and memory managers), the VideoSession API and
-infer.py's runner. Uses vos.model and vos.data."""
+"""Inference: the Tracker (with its object, memory and locality components), the VideoSession API and infer.py's
+runner. Uses vos.model and vos.data; knows nothing of training."""
 
-from vos.checkpoint import load_model
-from vos.inference.predictor import Propagator, probs_to_ids
 from vos.inference.run import DEFAULT_CHECKPOINT, Runner
 from vos.inference.session import VideoSession
+from vos.inference.tracker import Tracker, probs_to_ids
 
-__all__ = ["Propagator", "probs_to_ids", "DEFAULT_CHECKPOINT", "Runner", "load_model", "VideoSession"]
+__all__ = ["Tracker", "probs_to_ids", "DEFAULT_CHECKPOINT", "Runner", "VideoSession"]

@@ -41,13 +41,28 @@ def parse_point(text: str) -> tuple[int, int, int]:
     return x, y, label
 
 
+def _clip_box(box: tuple[int, int, int, int], h: int, w: int) -> tuple[int, int, int, int]:
+    """The box within the frame; a box that leaves no background for GrabCut, or misses the frame, is an error."""
+    x0, y0, x1, y1 = box
+    clipped = (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        raise VosError(f"box {','.join(map(str, box))} lies outside the {w}x{h} frame")
+    if clipped == (0, 0, w, h):
+        raise VosError(f"box {','.join(map(str, box))} covers the whole {w}x{h} frame: GrabCut needs some background "
+                       "outside the box; draw a box around the object only, or give a mask (--mask)")
+    if clipped != tuple(box):
+        warnings.warn(f"box {','.join(map(str, box))} reaches beyond the {w}x{h} frame; clipped to "
+                      f"{','.join(map(str, clipped))}")
+    return clipped
+
+
 def _grabcut(frame: np.ndarray, box: tuple[int, int, int, int] | None, points: list[tuple[int, int, int]],
              iterations: int) -> np.ndarray:
     h, w = frame.shape[:2]
     r = max(2, int(CLICK_RADIUS * np.hypot(h, w)))
     mask = np.full((h, w), cv2.GC_BGD, np.uint8)
     if box is not None:
-        x0, y0, x1, y1 = np.clip(box, 0, [w - 1, h - 1, w, h])
+        x0, y0, x1, y1 = box
         mask[y0:y1, x0:x1] = cv2.GC_PR_FGD
     else:  # clicks only: everything may be the object, around the positive clicks most likely
         mask[:] = cv2.GC_PR_BGD
@@ -81,6 +96,7 @@ def mask_from_prompts(frame: np.ndarray, boxes: list[tuple[int, int, int, int]] 
         raise VosError("give at least one --box, or a positive click (--points x,y)")
     if len(boxes) > 1 and points:
         raise VosError("clicks refine a single box; with several boxes, give no --points")
+    boxes = [_clip_box(b, *frame.shape[:2]) for b in boxes]
     ids = np.zeros(frame.shape[:2], np.uint8)
     for k, box in enumerate(boxes or [None], 1):
         ids[_grabcut(frame, box, points, iterations)] = k

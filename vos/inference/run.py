@@ -14,14 +14,15 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from vos.baselines import BASELINES, BaselineStepper
-from vos.checkpoint import load_model
+from vos.checkpoint import load_models
 from vos.data import DAVIS_PALETTE, list_sequences, open_frames, read_mask
-from vos.inference.predictor import Propagator, probs_to_ids
 from vos.inference.session import VideoSession
+from vos.inference.tracker import Tracker, probs_to_ids
 from vos.inference.writers import OverlayWriter, PngWriter, ProbsWriter
-from vos.model import HODOR, Ensemble
+from vos.model import HODOR
 from vos.utils import VosError, natural_key
-from vos.utils.device import pick_device
+from vos.utils.device import autocast, pick_device
+from vos.utils.precision import choose
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default.pt"
 
@@ -94,45 +95,71 @@ def _writable(folder: Path) -> None:
 
 
 class Runner:
-    """Runs a method (the model or a baseline) over jobs and writes the outputs."""
+    """Runs a method (the model or a baseline) over jobs and writes the outputs.
+
+    Fields: cfg (InferConfig), method, device, models (the loaded HODOR models; several run together),
+    dtype and precision (the autocast dtype chosen for them, None = fp32, and a line saying how it was chosen:
+    vos.utils.precision), adapt (test-time adaptation, called with each job's session before it propagates;
+    vos.adapt wires it in, inference knows nothing of training)."""
 
     def __init__(self, cfg: DictConfig, method: str = "hodor", checkpoint: str | None = None,
-                 model: HODOR | Ensemble | None = None):
-        """model: an in-memory model (e.g. during training validation) instead of a checkpoint."""
-        self.cfg, self.method = cfg, method
+                 models: list[HODOR] | None = None, adapt: Callable[[VideoSession], float] | None = None):
+        """models: in-memory models (e.g. during training validation) instead of a checkpoint."""
+        self.cfg, self.method, self.adapt = cfg, str(method), adapt
         self.device = pick_device(cfg.device)
-        if method == "hodor":
-            if model is not None:
-                self.model = model.eval()
-            else:
+        self.models: list[HODOR] = []
+        self.dtype, self.precision = None, "precision: none (a baseline)"
+        if self.method == "hodor":
+            if models is None:
                 ckpt = checkpoint or DEFAULT_CHECKPOINT
                 if not Path(ckpt).is_file():
                     raise VosError(f"checkpoint not found: {ckpt}. Pass --checkpoint, or --method copy|flow")
-                self.model = load_model(ckpt, self.device)
-        elif method not in BASELINES:
+                models = load_models(ckpt, self.device)
+            self.models = [Tracker._ready(m) for m in models]
+            self.dtype, self.precision = choose(str(cfg.amp), self.device, self._signature(), self._one_pass)
+        elif self.method not in BASELINES:
             raise VosError(f"unknown --method {method}; choose hodor, {', '.join(BASELINES)}")
 
-    def stepper(self, model: HODOR | Ensemble | None = None):
+    def _frame_size(self) -> tuple[int, int]:
+        h = self.cfg.short_side or 480
+        return h, round(h * 16 / 9)
+
+    def _signature(self) -> str:
+        c = self.models[0].cfg
+        h, w = self._frame_size()
+        return (f"{len(self.models)} x {c.backbone} C{c.channels} enc{c.encoder.layers} dec{c.decoder.layers} "
+                f"{c.decoder.pixel_block}, {h}x{w}, window {self.cfg.window}")
+
+    @torch.inference_mode()
+    def _one_pass(self, dtype: torch.dtype | None) -> None:
+        """One frame as the Tracker runs it (features, decode from a full window, re-encode) for every model:
+        what the precision is chosen on."""
+        img = torch.rand(1, 3, *self._frame_size(), device=self.device).contiguous(memory_format=torch.channels_last)
+        mask = torch.zeros(1, 1, *img.shape[-2:], device=self.device)
+        mask[..., img.shape[-2] // 3: 2 * img.shape[-2] // 3, img.shape[-1] // 3: 2 * img.shape[-1] // 3] = 1
+        with autocast(self.device, dtype):
+            for m in self.models:
+                f = m.features(img)
+                d = m.step(f, given=m.masks_to_s4(mask, f)).desc
+                memory = d[:, None].expand(1, self.cfg.window, -1, -1)
+                m.step(f, memory, torch.ones(memory.shape[:3], dtype=torch.bool, device=self.device)).probs.sum().item()
+
+    def tracker(self):
+        """A fresh per-frame stepper: a Tracker over the models, or the baseline."""
         if self.method == "hodor":
-            return Propagator(model or self.model, self.cfg.window, self.cfg.anchor_first, self.cfg.amp, self.cfg.locality)
-        return BaselineStepper(BASELINES[self.method]())
+            return Tracker.from_config(self.models, self.cfg, self.dtype)
+        return BaselineStepper(BASELINES[self.method])
 
-    def adapt(self, session: VideoSession) -> float:
-        """With adapt.steps > 0: fine-tune a copy of the model on the session's prompts and let the session use
-        it (the loaded model is untouched). Returns the seconds spent."""
-        if self.method != "hodor" or self.cfg.adapt.steps <= 0:
-            return 0.0
-        from vos.train.adapt import adapt
-
-        tuned, seconds = adapt(self.model, session.frames, session.prompts, self.cfg.adapt)
-        session.make_stepper = lambda: self.stepper(tuned)
-        return seconds
+    def new_session(self, source: str | Path) -> VideoSession:
+        """A session over a video file or frame folder, decoded at the internal resolution, with a fresh tracker."""
+        short = self.cfg.short_side if self.method == "hodor" else None
+        frames = open_frames(source, short_side=short or None)
+        return VideoSession(self.tracker(), frames, frames.native_size)
 
     def session(self, job: Job) -> tuple[VideoSession, "numpy.ndarray"]:  # noqa: F821
         """A session with the job's prompts added, and the palette of its first mask."""
-        short = self.cfg.short_side if self.method == "hodor" else None
-        frames = open_frames(job.frames_path, short_side=short or None)
-        session = VideoSession(self.stepper, frames, frames.native_size)
+        session = self.new_session(job.frames_path)
+        frames = session.frames
         palette = None
         for name, path in job.prompts.items():
             idx = 0 if name == "" else (frames.names.index(name) if name in frames.names else None)
@@ -145,23 +172,32 @@ class Runner:
 
     def run(self, job: Job, out_dir: Path, overlay_mp4: bool = False, save_probs: bool = False,
             progress: bool = True, on_frame: Callable[[int, int], None] | None = None) -> dict:
-        """Segment every frame: backwards from the first annotated frame to frame 0 when it is not frame 0, then
-        forwards from it to the end (later annotations join or correct the forward pass as their frames come).
-        on_frame(done, total) is called after each frame is written (e.g. for a progress bar)."""
+        """Segment every frame of a job (see run_session)."""
         t0 = time.time()
         session, palette = self.session(job)
-        adapt_seconds = self.adapt(session)
+        return self.run_session(session, job.name, Path(job.frames_path), out_dir, palette, overlay_mp4, save_probs,
+                                progress, on_frame, t0)
+
+    def run_session(self, session: VideoSession, name: str, source: Path, out_dir: Path, palette=DAVIS_PALETTE,
+                    overlay_mp4: bool = False, save_probs: bool = False, progress: bool = True,
+                    on_frame: Callable[[int, int], None] | None = None, t0: float | None = None) -> dict:
+        """Adapt (if set up), then segment every frame of a session with its prompts, writing <out>/<name>/*.png
+        (and <out>/<name>_overlay.mp4 of `source` / <out>/<name>_probs/): backwards from the first annotated frame
+        to frame 0 when it is not frame 0, then forwards from it to the end (later annotations join or correct
+        the forward pass as their frames come). on_frame(done, total) is called after each frame is written."""
+        t0 = time.time() if t0 is None else t0
+        adapt_seconds = self.adapt(session) if self.adapt is not None and self.method == "hodor" else 0.0
         frames = session.frames
         first = min(session.prompts)
-        seq_dir = out_dir / job.name
+        seq_dir = out_dir / name
         _writable(seq_dir)
         n = 0
         with contextlib.ExitStack() as stack:
             stack.callback(frames.close)
             writers = [PngWriter(seq_dir, frames.names, palette)]
             if save_probs:
-                writers.append(ProbsWriter(out_dir / f"{job.name}_probs", frames.names))
-            bar = stack.enter_context(tqdm(total=len(frames), desc=job.name, disable=not progress, unit="frame"))
+                writers.append(ProbsWriter(out_dir / f"{name}_probs", frames.names))
+            bar = stack.enter_context(tqdm(total=len(frames), desc=name, disable=not progress, unit="frame"))
 
             def write(writers, t, obj_ids, probs):
                 nonlocal n
@@ -179,8 +215,7 @@ class Runner:
                     if t < first:  # the annotated frame itself comes from the forward pass
                         write(writers, t, obj_ids, probs)
             if overlay_mp4:  # in time order: the frames before the annotation are read back from their PNGs
-                ov = stack.enter_context(OverlayWriter(out_dir / f"{job.name}_overlay.mp4", Path(job.frames_path),
-                                                       frames.fps, palette))
+                ov = stack.enter_context(OverlayWriter(out_dir / f"{name}_overlay.mp4", source, frames.fps, palette))
                 for t in range(first):
                     ov.write_ids(t, read_mask(seq_dir / f"{frames.names[t]}.png")[0])
                 writers.append(ov)

@@ -1,6 +1,6 @@
 """A video session in the spirit of SAM 2's video predictor:
 
-    session = VideoSession(make_stepper, frames)            # frames: a FrameSource (video file or folder)
+    session = VideoSession(tracker, frames)                 # a Tracker (or a baseline); frames: a FrameSource
     session.add_mask(frame_index, ids)                      # ids: (H, W) uint8 object-id map at native size
     session.remove_object(obj_id, frame_index=None)         # forget an object (everywhere, or from a frame on)
     for t, object_ids, probs in session.propagate():        # a generator, one frame at a time
@@ -11,7 +11,7 @@ Masks may be added for any frame before propagating (objects may first appear la
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -26,12 +26,14 @@ class VideoSession:
       out_size: (H, W) of the input video; masks are given and outputs come back at this size.
       prompts: frame index -> {object id: (H, W) float32 0/1 mask at out_size}. The model resamples them once.
       removals: frame index -> object ids that stop being tracked at that frame.
-      make_stepper: builds a fresh per-frame stepper (a model Propagator or a baseline) for each propagation.
+      tracker: the per-frame stepper (a Tracker, or a baseline with the same step/remove_object/reset methods);
+        each propagation starts it afresh with `reset()`. Test-time adaptation (vos.adapt) gives it its adapted
+        models.
     """
 
-    def __init__(self, make_stepper: Callable, frames: FrameSource, out_size: tuple[int, int] | None = None):
-        self.make_stepper, self.frames = make_stepper, frames
-        self.out_size = tuple(out_size or getattr(frames, "native_size", frames.size))
+    def __init__(self, tracker, frames: FrameSource, out_size: tuple[int, int] | None = None):
+        self.tracker, self.frames = tracker, frames
+        self.out_size = tuple(out_size or frames.native_size)
         self.prompts: dict[int, dict[int, np.ndarray]] = {}
         self.removals: dict[int, set[int]] = {}
 
@@ -76,7 +78,8 @@ class VideoSession:
         """
         if not self.prompts:
             raise VosError("add a mask for at least one frame before propagating")
-        stepper = self.make_stepper()
+        stepper = self.tracker
+        stepper.reset()
         first = min(self.prompts) if start is None else start
         frames = self.frames.backwards(first) if reverse else ((t, self.frames[t]) for t in range(first, len(self.frames)))
         for t, frame in frames:

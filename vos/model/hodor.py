@@ -4,7 +4,7 @@ Shapes: B clips, T past frames, I objects (padded per batch; `valid` flags real 
 Qb = bg_grid**2 background descriptors, Q = Qb + I descriptors per frame (background first).
 Frames are padded to a multiple of 32 (`pad_to_stride`); every map below covers the padded frame.
 
-The one per-frame step, shared by training (vos.train.cycles) and inference (vos.inference.predictor):
+The one per-frame step, shared by training (vos.train.cycles) and inference (vos.inference.tracker):
 
     feats = model.features(images)                      # once per frame: backbone + FPN
     given = model.masks_to_s4(masks, feats)              # masks at any resolution -> stride 4, once
@@ -266,11 +266,36 @@ class HODOR(nn.Module):
         logits = logits.masked_fill(~desc_valid[..., None, None], NEG).amax(1)
         return torch.cat([self.catch_all(e), logits], 1)
 
+    def predict(self, feats: Features, memory: torch.Tensor | None, memory_valid: torch.Tensor | None,
+                num_objects: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The first half of `step`: (logits, probabilities (B, 1 + I, H/4, W/4)) decoded from past descriptors.
+
+        memory (B, T, Q, C), memory_valid (B, T, Q): descriptors of past frames. None: nothing to decode from (e.g.
+        the first annotated frame): logits None and every pixel background."""
+        if memory is None:
+            probs = torch.zeros(feats.f8.shape[0], 1 + num_objects, *feats.f4.shape[-2:], device=feats.f8.device)
+            probs[:, 0] = 1
+            return None, probs
+        logits = self.decode(feats, memory, memory_valid)
+        return logits, logits_to_probs(logits, self.num_bg)
+
+    def commit(self, feats: Features, probs: torch.Tensor, given: torch.Tensor | None = None,
+               given_valid: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+               detach_probs: bool = False, encode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The second half of `step`: force the given masks into `probs`, re-encode this frame's descriptors from
+        the result. Returns (probabilities, descriptors or None with encode=False)."""
+        if given is not None:
+            probs = force_masks(probs, given, given_valid)
+        if not encode:
+            return probs, None
+        p = probs[:, 1:].detach() if detach_probs else probs[:, 1:]
+        return probs, self.encode(feats, p, valid)
+
     def step(self, feats: Features, memory: torch.Tensor | None = None, memory_valid: torch.Tensor | None = None,
              given: torch.Tensor | None = None, given_valid: torch.Tensor | None = None,
-             valid: torch.Tensor | None = None, detach_probs: bool = False, encode: bool = True,
-             prior: torch.Tensor | None = None) -> StepOutput:
-        """One frame: decode it from past descriptors, force the given masks in, re-encode its descriptors.
+             valid: torch.Tensor | None = None, detach_probs: bool = False, encode: bool = True) -> StepOutput:
+        """One frame: decode it from past descriptors, force the given masks in, re-encode its descriptors
+        (`commit(predict(...))`; inference's Tracker runs the same two halves).
 
         memory (B, T, Q, C), memory_valid (B, T, Q): descriptors of past frames (None: nothing to decode from,
             e.g. the first annotated frame; every pixel is then background unless given).
@@ -279,28 +304,19 @@ class HODOR(nn.Module):
         valid (B, I) bool: real (not padding) objects. detach_probs: stop gradients through the soft masks
             into the re-encoding (the reference code's choice; training only). encode=False: skip the re-encoding
             (desc None) when nothing will attend to this frame (the last frame of a training cycle).
-        prior (B, 1 + I, H/4, W/4): non-negative weights on the decoded probabilities (renormalised), applied
-            before the given masks are forced; e.g. inference's locality prior.
         """
-        f = feats.f8
-        B = f.shape[0]
-        I = given.shape[1] if given is not None else memory.shape[2] - self.num_bg
-        logits = None
-        if memory is not None:
-            logits = self.decode(feats, memory, memory_valid)
-            probs = logits_to_probs(logits, self.num_bg)
-            if prior is not None:
-                probs = probs * prior
-                probs = probs / probs.sum(1, keepdim=True).clamp(min=1e-6)
-        else:
-            probs = torch.zeros(B, 1 + I, *feats.f4.shape[-2:], device=f.device)
-            probs[:, 0] = 1
-        if given is not None:
-            probs = force_masks(probs, given, given_valid)
-        if not encode:
-            return StepOutput(logits, probs, None)
-        p = probs[:, 1:].detach() if detach_probs else probs[:, 1:]
-        return StepOutput(logits, probs, self.encode(feats, p, valid))
+        num_objects = given.shape[1] if given is not None else memory.shape[2] - self.num_bg
+        logits, probs = self.predict(feats, memory, memory_valid, num_objects)
+        probs, desc = self.commit(feats, probs, given, given_valid, valid, detach_probs, encode)
+        return StepOutput(logits, probs, desc)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """"features": the backbone and FPN (per-frame features); "heads": everything else (descriptor queries,
+        encoder, decoder, mask head), what test-time adaptation tunes when it leaves the features alone."""
+        features = {id(p) for mod in (self.backbone, self.fpn) for p in mod.parameters()}
+        params = list(self.parameters())
+        return {"features": [p for p in params if id(p) in features],
+                "heads": [p for p in params if id(p) not in features]}
 
     def upsample(self, x: torch.Tensor, feats: Features, size: tuple[int, int] | None = None) -> torch.Tensor:
         """A stride-4 map over the padded frame (B, K, H/4, W/4) -> the unpadded frame at `size` (default: the

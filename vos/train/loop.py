@@ -96,10 +96,12 @@ class Trainer:
     distributed), opt/sched/scaler, step (optimizer steps done), accum (micro-batches per step), skipped (steps
     skipped for non-finite values), out_dir."""
 
-    def __init__(self, cfg: DictConfig, resume: str | None = None):
+    def __init__(self, cfg: DictConfig, resume: str | None = None, model: HODOR | None = None):
+        """model: train this existing model (test-time adaptation: vos.adapt) instead of building one from
+        cfg.model; it is trained in this process alone (no torchrun), and no checkpoint is saved unless fit() runs."""
         self.cfg = cfg
         self.device = pick_device(cfg.device)
-        self.rank, self.world = _init_distributed(self.device)
+        self.rank, self.world = _init_distributed(self.device) if model is None else (0, 1)
         self.out_dir = Path(cfg.out_dir)
         state = None
         if resume:
@@ -107,9 +109,14 @@ class Trainer:
             if to_dict(config_from_dict(TrainConfig, state["config"]).model) != to_dict(cfg.model):
                 raise VosError(f"--resume {resume}: the checkpoint's model config differs from this run's")
         torch.manual_seed(cfg.seed + self.rank)
-        self.model = HODOR(cfg.model).to(self.device, memory_format=torch.channels_last)
-        if cfg.init_from and state is None:
-            init_from(self.model, cfg.init_from)
+        if model is None:
+            model = HODOR(cfg.model)
+            if cfg.init_from and state is None:
+                init_from(model, cfg.init_from)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        if cfg.optim.train == "heads":
+            for p in self.model.param_groups()["features"]:
+                p.requires_grad_(False)
         self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles).to(self.device)
         if self.world > 1:
             self.cycle = torch.nn.parallel.DistributedDataParallel(

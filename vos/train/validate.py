@@ -8,19 +8,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from vos.config import InferConfig, data_path, load_config
+from vos.config import data_path
 from vos.data import list_sequences
 from vos.eval import evaluate_dataset
 from vos.inference.run import Job, Runner
 
 
 def validate(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> dict[str, float]:
-    """J&F of `model` on cfg.val's split, with cfg.val's inference settings. Leaves the model in eval mode."""
+    """J&F of `model` on cfg.val's split, run as infer.py runs it with cfg.val.infer (no adaptation). Leaves the
+    model in eval mode."""
     v = cfg.val
     root = data_path(cfg.data.root, v.root)
-    infer_cfg = load_config(InferConfig, None, [f"device={device}", f"window={v.window}",
-                                                f"anchor_first={v.anchor_first}", f"short_side={v.short_side}"])
-    runner = Runner(infer_cfg, "hodor", model=model)
+    infer_cfg = v.infer.copy()
+    infer_cfg.device = str(device)
+    runner = Runner(infer_cfg, "hodor", models=[model])
     seqs = list_sequences(root, v.layout, v.split)
     if v.max_seqs:
         seqs = seqs[: v.max_seqs]

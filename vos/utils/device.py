@@ -19,25 +19,26 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16; bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX:
-    oneDNN then trains ~18% and infers ~15% faster, RESULTS.md); None (full precision) elsewhere, where bf16
-    would be emulated and slower."""
+    """Training's mixed precision: bf16 on CUDA where supported, else fp16; bf16 on a CPU with native bf16
+    instructions (AVX512-BF16 or AMX; oneDNN trained ~18% faster in bf16 on the machine of RESULTS.md); None
+    (full precision) elsewhere, where bf16 would be emulated and slower. Inference chooses by timing instead:
+    vos.utils.precision."""
     if not enabled:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and _native_cpu_bf16():
+    if device.type == "cpu" and native_cpu_bf16():
         return torch.bfloat16
     return None
 
 
 @functools.cache  # asked on every autocast(), i.e. every frame and training step
-def _native_cpu_bf16() -> bool:
+def native_cpu_bf16() -> bool:
     # private torch.cpu helpers (present in the pinned torch); a torch without them gets fp32
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(probe() for probe in probes if probe is not None)
 
 
-def autocast(device: torch.device, enabled: bool):
-    dtype = amp_dtype(device, enabled)
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in `dtype` (None: full precision)."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()

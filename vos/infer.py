@@ -1,4 +1,4 @@
-"""The infer.py command line."""
+"""The infer.py command line: inference (vos.inference) with test-time adaptation wired in (vos.adapt)."""
 
 USAGE = """Segment every frame of a video from one annotated frame.
 
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. window=5 short_side=480)")
     a = ap.parse_args(argv)
     try:
-        from vos.inference.run import Runner, jobs_for_dataset, jobs_for_input, shard, wait_for_all_ranks
+        from vos.adapt import runner as make_runner
+        from vos.inference.run import jobs_for_dataset, jobs_for_input, shard, wait_for_all_ranks
 
         cfg = load_config(InferConfig, a.config, a.overrides)
         if bool(a.input) == bool(a.dataset_root):
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
             print(f"first mask from the box/clicks: {a.mask} (inspect or correct it, then pass it as --mask)")
         jobs = (jobs_for_dataset(a.dataset_root, a.layout, a.split) if a.dataset_root
                 else jobs_for_input(a.input, a.mask, a.mask_frame, a.masks))
-        runner = Runner(cfg, a.method, a.checkpoint)
+        runner = make_runner(cfg, a.method, a.checkpoint)
+        print(runner.precision)
         out = Path(a.out)
         total_frames = total_s = 0.0
         for job in shard(jobs):
