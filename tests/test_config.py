@@ -29,3 +29,32 @@ def test_type_errors_and_round_trip(tmp_path):
     again = load_config(InferConfig, tmp_path / "c.yaml")
     assert to_dict(again) == to_dict(cfg)
     assert config_from_dict(InferConfig, to_dict(cfg)).window == 3
+
+
+def test_choices_and_ranges_are_checked_at_load(tmp_path):
+    """A misspelt choice or an out-of-range value stops at load with a message naming the valid ones, where it
+    used to be accepted (an unknown schedule gave a constant learning rate; adapt.train=foo meant "heads")."""
+    for schema, item, match in (
+            (TrainConfig, "optim.schedule=cosin", r"'cosin', expected one of \[cosine, step, constant\]"),
+            (InferConfig, "adapt.train=foo", r"expected one of \[all, heads\]"),
+            (InferConfig, "amp=maybe", r"expected one of \[auto, true, false\]"),
+            (InferConfig, "adapt.steps=-3", r"adapt.steps=-3 is out of range: it must be >= 0"),
+            (InferConfig, "locality=-1", r"locality=-1.0 is out of range: it must be >= 0 and <= 1"),
+            (InferConfig, "window=0", r"window=0 is out of range"),
+            (TrainConfig, "optim.batch_size=0", r"optim.batch_size=0 is out of range"),
+            (TrainConfig, "data.sources=[{kind: synthetic, weight: -1}]", r"data.sources\[0\].weight=-1")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(schema, None, [item])
+    from vos.config import ExperimentConfig
+
+    with pytest.raises(ConfigError, match=r"expected one of \[mask, box\]"):
+        load_config(ExperimentConfig, None, ["prompt=boxes"])
+    with pytest.raises(ConfigError, match="out of range"):
+        config_from_dict(InferConfig, {"short_side": -5})
+    # YAML booleans for amp, choices saved as plain strings (checkpoints are loaded with weights_only)
+    assert load_config(InferConfig, None, ["amp=false"]).amp == "false"
+    saved = to_dict(load_config(TrainConfig, None, ["optim.schedule=step"]))
+    assert saved["optim"]["schedule"] == "step" and type(saved["optim"]["schedule"]) is str
+    p = tmp_path / "i.yaml"
+    p.write_text("amp: true\nlocality: 0.1\n")
+    assert load_config(InferConfig, p).amp == "true"

@@ -177,3 +177,16 @@ def test_the_validation_split_never_overlaps_training(shared_data):
     dev = {s.name for s in list_sequences(root, "davis2016", "dev")}
     assert len(val) == 10 and len(train) == 20 and dev <= val and not val & train
     assert val | train == dev | {s.name for s in list_sequences(root, "davis2016", "train")}
+
+
+def test_mp4_writer_leaves_no_temporary_file_when_it_cannot_open(tmp_path):
+    from vos.data.video import Mp4Writer
+
+    with pytest.raises(Exception):
+        Mp4Writer(tmp_path / "out.notaformat")  # FFmpeg knows no such container
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError):
+        with Mp4Writer(tmp_path / "half.mp4") as w:
+            w.write(np.zeros((16, 16, 3), np.uint8))
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written under the final name, no temporary left
