@@ -8,7 +8,7 @@ from vos.adapt import adapt_models, finetune
 from vos.config import AdaptConfig, ModelConfig, load_config, to_dict
 from vos.checkpoint import export, load_models, save_checkpoint
 from vos.data import FrameFolder, write_mask
-from vos.data.synthetic import make_clip
+from vos.data.synthetic import make_clip, write_frames
 from vos.inference import Tracker, VideoSession
 from vos.model import HODOR
 
@@ -17,13 +17,9 @@ TINY = ["channels=32", "mask_channels=8", "heads=4", "encoder.layers=1", "decode
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    from PIL import Image
-
     d = tmp_path_factory.mktemp("adapt")
     frames, masks = make_clip(5, n_frames=10, size=(64, 96), n_objects=2, late_objects=0)
-    (d / "frames").mkdir()
-    for t, f in enumerate(frames):
-        Image.fromarray(f).save(d / "frames" / f"{t:05d}.jpg")
+    write_frames(d / "frames", frames)
     write_mask(d / "first.png", masks[0])
     for seed in (0, 1):
         cfg = load_config(ModelConfig, None, TINY)

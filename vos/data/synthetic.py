@@ -133,6 +133,15 @@ def _write_jpg(path: Path, frame: np.ndarray) -> None:
         cv2.imwrite(str(tmp), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
+def write_frames(folder: str | Path, frames) -> Path:
+    """A frame folder (00000.jpg, ...) of RGB frames: the input layout of infer.py --input FOLDER."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, f in enumerate(frames):
+        _write_jpg(folder / f"{t:05d}.jpg", f)
+    return folder
+
+
 def write_davis(root: str | Path, clips: dict[str, tuple[np.ndarray, np.ndarray]], split: str = "val",
                 layout: str = "davis2017") -> Path:
     """Write clips in the DAVIS layout with every frame annotated (davis2016 layout: 0/255 of object 1)."""
