@@ -220,6 +220,12 @@ def test_static_sources_coco_and_folder(tmp_path):
         sample = ds[(0, 0, 123)]
         assert sample["images"].shape == (3, 3, 64, 64) and sample["valid"].sum() >= 1
         assert sample["has_mask"].all() and sample["masks"][:, 0].sum() > 0
+        # image and masks are warped together: the pixels under object 1's mask look like object 1 in the photo
+        # (mean colour), not like the rest of it
+        img, m = sample["images"][0].permute(1, 2, 0).numpy() * 255, sample["masks"][0, 0].numpy() > 0.5
+        inside, outside = frames[0][masks[0] == 1].mean(0), frames[0][masks[0] != 1].mean(0)
+        got = img[m].mean(0)
+        assert np.abs(got - inside).sum() < np.abs(got - outside).sum(), (got, inside, outside)
 
 
 def test_sparse_regime_reads_only_the_annotated_mask(tmp_path):
