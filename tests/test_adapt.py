@@ -61,19 +61,52 @@ def test_the_loaded_model_is_untouched_and_a_seed_fixes_the_result(video):
     assert any(not torch.equal(wh[k], v) for k, v in before.items() if k not in names and v.is_floating_point())
 
 
-def test_only_frames_that_give_every_object_are_trained_on(video):
-    """An object given at another frame would be taught as background where it is not given: such frames are
-    left out, and with no frame giving every object nothing is adapted (a warning says so)."""
-    d, masks = video
-    models = load_models(d / "m0.pt", torch.device("cpu"))
-    cfg = AdaptConfig(steps=2, batch_size=2, size=64, seed=3)
+def test_objects_given_at_different_frames_leave_each_other_out_of_the_loss(video, tmp_path):
+    """Object 1 given at frame 0, object 2 at frame 3: frame 0 teaches object 1, and where object 2 may be at
+    frame 0 (the loaded model's prediction, propagated back from frame 3, dilated) is left out of the loss
+    instead of being taught as background; likewise at frame 3 for object 1."""
+    from vos.adapt import _units, where_others_may_be
+    from vos.data.clips import VOID, make_sample
+
+    from vos.data.synthetic import square_clip
+    from vos.inference import DEFAULT_CHECKPOINT
+
+    frames, masks = square_clip([(40, 60, 8, 3), (200, 80, -5, 2)], n=6, size=56, colours={2: (40, 80, 220)})
+    write_frames(tmp_path / "frames", frames)
+    models = load_models(DEFAULT_CHECKPOINT, torch.device("cpu"))[:1]  # a trained model: it predicts the squares
     one, two = (np.where(masks[t] == k, k, 0).astype(np.uint8) for t, k in ((0, 1), (3, 2)))
-    with pytest.warns(UserWarning, match="adaptation skipped"):
-        assert adapt_models(models, *_parts(_session(d, {0: one, 3: two})), cfg) is None
-    both = np.where(np.isin(masks[9], (1, 2)), masks[9], 0).astype(np.uint8)
-    (w9,) = adapt_models(models, *_parts(_session(d, {0: one, 3: two, 9: both})), cfg)
-    (only9,) = adapt_models(models, *_parts(_session(d, {9: both})), cfg)
-    assert all(torch.equal(v, only9.state_dict()[k]) for k, v in w9.state_dict().items())  # frames 0, 3 unused
+    s = _session(tmp_path, {0: one, 3: two})
+    tracker = Tracker(models)
+    elsewhere = where_others_may_be(tracker, s.frames, s.prompts)
+    assert set(elsewhere) == {0, 3}
+    units = _units(s.frames, s.prompts, elsewhere)
+    for unit, t, given in zip(units, (0, 3), (1, 2)):
+        ids = unit.load_mask(t)
+        other = masks[t] == 3 - given
+        assert (ids[other] == VOID).mean() > 0.9 and (ids == 1).sum() == (masks[t] == given).sum()  # given wins
+        sample = make_sample(unit, "static", (192, 320), 2, 12, 0)  # the whole frame: both squares
+        assert sample["void"][0].any() and not (sample["void"][0] & (sample["masks"][0, 0] > 0)).any()
+    complete = _session(tmp_path, {0: masks[0]})
+    assert where_others_may_be(tracker, complete.frames, complete.prompts) == {}  # nothing to leave out
+    (tuned,) = adapt_models(tracker, s.frames, s.prompts, AdaptConfig(steps=1, batch_size=2, size=64, seed=3))
+    assert any(not torch.equal(w, v) for w, v in zip(tuned.parameters(), models[0].parameters()))
+
+
+def test_the_loss_ignores_void_pixels():
+    from vos.train.cycles import mask_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 8, 8)  # catch-all, one background cell, one object
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., :4] = 1
+    void = torch.zeros(1, 8, 8, dtype=torch.bool)
+    void[..., 4:] = True
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    a = mask_loss(logits, target, valid, 1, void)
+    changed = logits.clone()
+    changed[..., 4:] = torch.randn(1, 3, 8, 4) * 5  # only void pixels change
+    torch.testing.assert_close(mask_loss(changed, target, valid, 1, void), a)
+    assert not torch.allclose(mask_loss(changed, target, valid, 1), mask_loss(logits, target, valid, 1))
 
 
 def _parts(s: VideoSession):
@@ -104,3 +137,37 @@ def test_infer_adapts_through_the_command_line(video, tmp_path):
     assert main(["--input", str(d / "frames"), "--mask", str(d / "first.png"), "--out", str(tmp_path), "--checkpoint",
                  str(d / "m0.pt"), "adapt.steps=2", "adapt.size=64", "short_side=0"]) == 0
     assert len(list((tmp_path / "frames").glob("*.png"))) == 10
+
+
+def test_a_time_cap_a_progress_report_and_a_fallback_on_failure(video, monkeypatch):
+    import vos.adapt as adapt_mod
+    from vos.adapt import Adaptation
+
+    d, masks = video
+    models = load_models(d / "m0.pt", torch.device("cpu"))
+    seen = []
+
+    def session():
+        s = _session(d, {0: masks[0]})
+        s.tracker = Tracker(models)
+        return s
+
+    s = session()
+    Adaptation(AdaptConfig(steps=3, batch_size=1, size=64), progress=False,
+               on_progress=lambda done, total, sec: seen.append((done, total)))(s)
+    assert seen == [(1, 3), (2, 3), (3, 3)] and s.tracker.adapted is not None
+    seen.clear()
+    with pytest.warns(UserWarning, match="stopped after 1 of 50 steps: adapt.seconds=1e-06 reached"):
+        Adaptation(AdaptConfig(steps=50, batch_size=1, size=64, seconds=1e-6), progress=False,
+                   on_progress=lambda done, total, sec: seen.append(done))(s)
+    assert seen == [1] and s.tracker.adapted is not None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(adapt_mod, "finetune", broken)
+    s = session()
+    with pytest.warns(UserWarning, match="adaptation failed .RuntimeError: out of memory.; propagating with the "
+                                         "loaded model"):
+        Adaptation(AdaptConfig(steps=2, size=64), progress=False)(s)
+    assert s.tracker.adapted is None and len(list(s.propagate())) == 10  # the video is still segmented

@@ -536,6 +536,15 @@ def test_several_models_run_together_and_ship_as_one_checkpoint(clip_dir, tmp_pa
     torch.testing.assert_close(e1, (a1 + b1) / 2, atol=1e-4, rtol=1e-3)
     for x, y in zip(propagate(same, 6), propagate(single, 6), strict=True):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3)
+    # members=[i] runs one model of the checkpoint alone (e.g. for speed)
+    from vos.inference import Runner
+
+    one = Runner(load_config(InferConfig, None, ["members=[1]", "amp=false"]), checkpoint=str(tmp_path / "ens.pt"))
+    assert len(one.models) == 1
+    for x, y in zip(propagate(one.models, 3), propagate(member_b, 3)):
+        torch.testing.assert_close(x, y, atol=1e-3, rtol=1e-3)
+    with pytest.raises(VosError, match=r"members=\[2\]: .* holds 2 model\(s\), numbered 0..1"):
+        Runner(load_config(InferConfig, None, ["members=[2]"]), checkpoint=str(tmp_path / "ens.pt"))
     data = (tmp_path / "ens.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(VosError, match="corrupt or truncated"):

@@ -6,10 +6,10 @@ them (the weakly-supervised regime, loss only on the given frame). The Tracker t
 
     runner = vos.adapt.runner(cfg)     # infer.py's Runner, adapting every job when cfg.adapt.steps > 0
 
-Only frames where EVERY object of the video is given are trained on: at a frame that gives some of them, the
-others (given elsewhere) would be taught as background, and the adapted model loses them (on Cutie's judo clip,
-objects given at frames 0, 5, 8 and 13, that took the two fighters from 53.8k px to 478 px). A video with no
-such frame is not adapted (a warning says so).
+Objects may be given at different frames (Cutie's judo clip: frames 0, 5, 8 and 13). Each prompted frame
+teaches the objects given there; where objects given at OTHER frames may be (the loaded model's prediction of
+them there, dilated) is left out of the loss instead of being taught as background (that took judo's two
+fighters from 53.8k px to 478 px when it was taught).
 
 The loaded models are never changed; with the same seed the result is the same.
 """
@@ -19,47 +19,85 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from typing import Callable
 
 import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from vos.config import DataSource, TrainConfig, config_from_dict, to_dict
 from vos.data import FrameSource
-from vos.data.clips import make_sample
+from vos.data.clips import VOID, make_sample
 from vos.data.sources import Annotated
-from vos.inference import Runner, VideoSession
+from vos.inference import Runner, Tracker, VideoSession, probs_to_ids
 from vos.model import HODOR
 from vos.train.loop import Trainer
+from vos.utils.precision import choose
 
 
-def _units(frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]]) -> list[Annotated]:
-    """One unit per prompted frame: its frame at the internal resolution and its objects as an id map."""
+def _units(frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]],
+           elsewhere: dict[int, np.ndarray] | None = None) -> list[Annotated]:
+    """One unit per prompted frame: its frame at the internal resolution and the objects given there as an id map,
+    with VOID where objects given at other frames may be (`elsewhere`: frame -> (h, w) bool at internal size)."""
     h, w = frames.size
     units = []
     for t, masks in sorted(prompts.items()):
         ids = np.zeros((h, w), np.uint8)
+        if elsewhere is not None and t in elsewhere:
+            ids[elsewhere[t]] = VOID
         for k, (obj, m) in enumerate(sorted(masks.items()), 1):
             ids[cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5] = k
         units.append(Annotated(len(frames), frames.__getitem__, lambda i, ids=ids: ids, t, False))
     return units
 
 
+def where_others_may_be(tracker: Tracker, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]],
+                        dilate: float = 0.03) -> dict[int, np.ndarray]:
+    """For every prompted frame that does not give every object: where the objects given at OTHER frames may be
+    there ((h, w) bool at the internal resolution): the loaded models' prediction of them, propagated forwards
+    from the frames before and backwards from the frames after, dilated by `dilate` x the longer side."""
+    every = set().union(*(set(m) for m in prompts.values()))
+    todo = {t for t, m in prompts.items() if set(m) != every}
+    if not todo:
+        return {}
+    h, w = frames.size
+    session = VideoSession(Tracker(tracker.models, tracker.window, tracker.anchor_first, tracker.locality.radius,
+                                   tracker.locality.floor, tracker.dtype), frames, (h, w))
+    session.prompts = prompts
+    first, last = min(prompts), max(prompts)
+    seen: dict[int, list[np.ndarray]] = {t: [] for t in todo}
+    for reverse, start in ((False, first), (True, last)):
+        for t, ids, probs in session.propagate(start=start, reverse=reverse):
+            if t in todo:
+                labels = probs_to_ids(ids, probs)
+                seen[t].append(np.isin(labels, [o for o in ids if o not in prompts[t]]))
+            if (t >= last and not reverse) or (t <= first and reverse):
+                break
+    r = max(1, round(dilate * max(h, w)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return {t: cv2.dilate(np.logical_or.reduce(maps).astype(np.uint8), kernel) > 0 for t, maps in seen.items()}
+
+
 def _train_config(model: HODOR, cfg, amp: bool, device: torch.device) -> DictConfig:
     """The training config of one adaptation: the model's own, the adaptation's optimiser settings."""
     return config_from_dict(TrainConfig, {
         "model": to_dict(model.cfg), "device": str(device), "seed": cfg.seed, "log": {"wandb": "disabled"},
-        "optim": {"lr": cfg.lr, "weight_decay": 0.0, "warmup": 0, "schedule": "constant", "steps": max(1, cfg.steps),
+        "optim": {"lr": cfg.lr, "weight_decay": 0.0, "warmup": cfg.warmup, "schedule": str(cfg.schedule),
+                  "steps": max(1, cfg.steps),
                   "batch_size": cfg.batch_size, "amp": amp, "train": str(cfg.train)}})
 
 
 def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]], cfg,
-             amp: bool = False) -> HODOR:
+             amp: bool = False, on_step: Callable[[], bool] | None = None,
+             elsewhere: dict[int, np.ndarray] | None = None) -> HODOR:
     """A copy of `model` trained for cfg.steps steps (cfg: an AdaptConfig) on this video's prompts (frame ->
-    {object id: mask}, every object given at each frame), in eval mode with gradients off."""
+    {object id: mask}), in eval mode with gradients off. Each prompted frame teaches the objects given there;
+    `elsewhere` (where_others_may_be) marks where objects given at other frames may be: left out of the loss.
+    on_step() is called after every step; when it returns False, training stops there."""
     device = next(model.parameters()).device
-    units = _units(frames, prompts)
+    units = _units(frames, prompts, elsewhere)
     max_objects = max(len(m) for m in prompts.values())
     size = (min(cfg.size, frames.size[0]), min(cfg.size, frames.size[1]))
     max_gap = DataSource.max_gap  # the training data's own clip settings
@@ -73,36 +111,82 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
                 regime = "static" if len(frames) < 3 or rng.random() < cfg.static_weight else "sparse"
                 clips.append(make_sample(unit, regime, size, max_objects, max_gap, int(rng.integers(2 ** 31))))
             trainer.train_step([{k: torch.stack([c[k] for c in clips]).to(device) for k in clips[0]}])
+            if on_step is not None and not on_step():
+                break
     return trainer.model.requires_grad_(False).eval()
 
 
-def adapt_models(models: list[HODOR], frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]], cfg,
-                 amp: bool = False) -> list[HODOR] | None:
-    """Fine-tuned copies of `models`, one each, or None (with a warning) when no frame gives every object."""
-    every = set().union(*(set(m) for m in prompts.values()))
-    prompts = {t: m for t, m in prompts.items() if set(m) == every}
-    if not prompts:
-        warnings.warn("test-time adaptation skipped: it trains only on frames where every object is given, and no "
-                      "frame of this video gives them all (give all objects at one frame to adapt)")
-        return None
-    return [finetune(m, frames, prompts, cfg, amp) for m in models]
+def adapt_models(tracker: Tracker, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]], cfg,
+                 amp: bool = False, on_step: Callable[[], bool] | None = None) -> list[HODOR]:
+    """Fine-tuned copies of the tracker's loaded models, one each. Objects may be given at different frames."""
+    elsewhere = where_others_may_be(tracker, frames, prompts)
+    return [finetune(m, frames, prompts, cfg, amp, on_step, elsewhere) for m in tracker.models]
 
 
 class Adaptation:
     """Runner.adapt: adapts a session's tracker to its video (cfg: an AdaptConfig); returns the seconds spent.
-    It trains in the precision inference chose for the models (vos.utils.precision)."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    It trains in the faster precision for a training step on this machine (`amp`, as InferConfig.amp: auto times
+    it once and caches it, vos.utils.precision), shows a progress line
+    ("adapting to the video: 9 s") unless progress=False, and reports each step to on_progress(done, total,
+    seconds) if given (e.g. the app). cfg.seconds caps the time: training stops there, with a warning. Anything
+    that goes wrong inside falls back to the loaded models, with a warning: the video is still segmented."""
+
+    def __init__(self, cfg, progress: bool = True, on_progress: Callable[[int, int, float], None] | None = None,
+                 amp: str = "auto"):
+        self.cfg, self.progress, self.on_progress, self.amp = cfg, progress, on_progress, str(amp)
+        self.precision = ""  # how the training precision was chosen, once it was
+
+    def _bf16(self, session: VideoSession) -> bool:
+        """Whether to train in bf16: timed on this machine like inference's precision, but for a training step
+        (on one CPU, bf16 inference was 1.4x faster and bf16 training 1.1x slower)."""
+        model = session.tracker.models[0]
+        one = copy.deepcopy(self.cfg)
+        one.steps = 1
+        c = model.cfg
+        key = (f"adaptation step: {c.backbone} C{c.channels} enc{c.encoder.layers} dec{c.decoder.layers}, "
+               f"{self.cfg.batch_size} x {self.cfg.size}px")
+        device = next(model.parameters()).device
+        dtype, self.precision = choose(self.amp, device, key, lambda d: finetune(model, session.frames, session.prompts, one,
+                                                                                 amp=d is not None))
+        return dtype is not None
 
     def __call__(self, session: VideoSession) -> float:
         t0 = time.time()
         tracker = session.tracker
-        tuned = adapt_models(tracker.models, session.frames, session.prompts, self.cfg, amp=tracker.dtype is not None)
+        total = self.cfg.steps * len(tracker.models)
+        bar = tqdm(total=total, desc="adapting to the video", disable=not self.progress, leave=False,
+                   bar_format="{desc}: {elapsed} ({n_fmt}/{total_fmt} steps)")
+        done = 0
+
+        def on_step() -> bool:
+            nonlocal done
+            done += 1
+            bar.update(1)
+            if self.on_progress is not None:
+                self.on_progress(done, total, time.time() - t0)
+            if self.cfg.seconds and time.time() - t0 > self.cfg.seconds:
+                warnings.warn(f"test-time adaptation stopped after {done} of {total} steps: adapt.seconds="
+                              f"{self.cfg.seconds:g} reached")
+                return False
+            return True
+
+        try:
+            bf16 = self._bf16(session)
+            tuned = adapt_models(tracker, session.frames, session.prompts, self.cfg, amp=bf16, on_step=on_step)
+        except Exception as e:  # noqa: BLE001 -- a failure here must not lose the run
+            warnings.warn(f"test-time adaptation failed ({type(e).__name__}: {e}); propagating with the loaded "
+                          "model instead")
+            tuned = None
+        finally:
+            bar.close()
         tracker.use_adapted(tuned)
         return time.time() - t0
 
 
-def runner(cfg: DictConfig, method: str = "hodor", checkpoint: str | None = None) -> Runner:
-    """infer.py's Runner for an InferConfig, with test-time adaptation when cfg.adapt.steps > 0."""
-    return Runner(cfg, method, checkpoint, adapt=Adaptation(cfg.adapt) if cfg.adapt.steps > 0 else None)
+def runner(cfg: DictConfig, method: str = "hodor", checkpoint: str | None = None, progress: bool = True,
+           on_progress: Callable[[int, int, float], None] | None = None) -> Runner:
+    """infer.py's Runner for an InferConfig, with test-time adaptation when cfg.adapt.steps > 0 (see Adaptation
+    for progress and on_progress)."""
+    adapt = Adaptation(cfg.adapt, progress, on_progress, cfg.amp) if cfg.adapt.steps > 0 else None
+    return Runner(cfg, method, checkpoint, adapt=adapt)

@@ -123,11 +123,14 @@ class AdaptConfig:
     training loop's own step, before propagating."""
 
     steps: int = bounded(0, min=0)  # 0 = off
-    lr: float = bounded(1e-4, min=0)
+    lr: float = bounded(1e-4, min=0)  # peak learning rate
+    warmup: int = bounded(0, min=0)  # steps of linear warm-up, then `schedule` over the remaining steps
+    schedule: Schedule = Schedule.constant
     batch_size: int = bounded(2, min=1)
     size: int = bounded(288, min=32)  # square training crops at the internal resolution
     # pseudo-clips of the given frame; the rest: cycles over the video's other frames
     static_weight: float = bounded(0.5, min=0, max=1)
+    seconds: float = bounded(0.0, min=0)  # a cap on the time spent (0 = none): stop early, with a warning
     seed: int = 0
     train: Trainable = Trainable.all  # all | heads (the backbone and FPN stay fixed)
 
@@ -143,6 +146,7 @@ class InferConfig:
     locality_floor: float = bounded(1e-3, min=0, max=1)
     short_side: int = bounded(288, min=0)  # internal resolution (shorter image side); 0 = native resolution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    members: list[int] = field(default_factory=list)  # which models of a multi-model checkpoint run ([] = all)
     amp: Amp = Amp.auto  # auto: the faster of fp32 and bf16, timed once on this machine; true: bf16; false: fp32
     adapt: AdaptConfig = field(default_factory=lambda: AdaptConfig())
 

@@ -106,7 +106,8 @@ def run(name: str) -> dict:
     e = _load(path)
     ckpt = checkpoint_of(str(path))
     dataset = data_path(e.data_root, e.dataset)
-    runner = make_runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None)
+    runner = make_runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None,
+                         progress=False)
     print(runner.precision)
     out = OUTPUTS / "experiments" / name
     if e.layout == "sparse_folder":

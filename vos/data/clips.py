@@ -36,6 +36,8 @@ DISTRACTOR_P = 0.5  # merged clips: chance that another image's pasted objects a
 COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a look-alike distractor)
 
 
+VOID = 255  # id of pixels whose label is unknown (DAVIS-2017's void): ignored by the loss
+
 def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int, rng: np.random.Generator,
                aug: Augment) -> tuple[list[np.ndarray], list[np.ndarray | None], list[int]]:
     """The 3 warped frames of a clip from the unit's annotated frame, their id masks (None where not
@@ -54,7 +56,7 @@ def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int
             f1, f2 = sorted(rng.choice(np.arange(lo, hi + 1), 2, replace=False), reverse=bool(side < 0))
             frames_idx = [a, int(f1), int(f2)]
         img0, mask0 = unit.load_frame(a), unit.load_mask(a)
-        box = crop_box(mask0 > 0, size, rng)
+        box = crop_box((mask0 > 0) & (mask0 != VOID), size, rng)
         flip = bool(rng.random() < 0.5)
         imgs, masks = [], []
         for k, t in enumerate(frames_idx):
@@ -72,7 +74,7 @@ def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int
 
 def _big_objects(mask: np.ndarray) -> list[int]:
     ids, counts = np.unique(mask, return_counts=True)
-    return [int(i) for i, c in zip(ids, counts) if i not in (0, 255) and c >= MIN_AREA]
+    return [int(i) for i, c in zip(ids, counts) if i not in (0, VOID) and c >= MIN_AREA]
 
 
 def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_objects: int, copy: bool):
@@ -119,7 +121,8 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
     merge: a static clip with 1-2 objects of another annotated image (`background`, or the image itself) pasted
     over it from their own static clip: occlusion, several objects, look-alike distractors (see `_merge`).
     sparse/dense: the annotated frame and two real frames within max_gap of it (masks only where allowed).
-    Objects on frame 0 beyond max_objects stay unlabelled (background): more distractors.
+    Objects on frame 0 beyond max_objects stay unlabelled (background): more distractors. Pixels of id VOID
+    (255) in a mask are "unknown": they come back as `void` (3, H, W) and the loss ignores them.
     """
     rng = np.random.default_rng(seed)
     aug = aug or augment_for(regime)
@@ -153,9 +156,10 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
                 onehot[t, k] = m == o
     valid = np.zeros(K, bool)
     valid[: len(objs)] = True
+    void = np.stack([m == VOID if m is not None else np.zeros(size, bool) for m in masks])
     images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
     return {"images": images, "masks": torch.from_numpy(onehot), "valid": torch.from_numpy(valid),
-            "has_mask": torch.from_numpy(has)}
+            "has_mask": torch.from_numpy(has), "void": torch.from_numpy(void)}
 
 
 class ClipDataset(torch.utils.data.Dataset):

@@ -115,6 +115,11 @@ class Runner:
                 if not Path(ckpt).is_file():
                     raise VosError(f"checkpoint not found: {ckpt}. Pass --checkpoint, or --method copy|flow")
                 models = load_models(ckpt, self.device)
+                if cfg.members:
+                    if not all(0 <= i < len(models) for i in cfg.members):
+                        raise VosError(f"members={list(cfg.members)}: {ckpt} holds {len(models)} model(s), "
+                                       f"numbered 0..{len(models) - 1}")
+                    models = [models[i] for i in cfg.members]
             self.models = [Tracker._ready(m) for m in models]
             self.dtype, self.precision = choose(str(cfg.amp), self.device, self._signature(), self._one_pass)
         elif self.method not in BASELINES:

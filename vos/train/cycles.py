@@ -74,12 +74,18 @@ def per_object_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.T
     return (iou * v).sum(0), (dice * v).sum(0), v.sum(0)
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, num_bg: int) -> torch.Tensor:
-    """Cross-entropy + Dice at full resolution. logits (B, 1 + Qb + K, H, W); target (B, K, H, W) one-hot."""
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, num_bg: int,
+              void: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy + Dice at full resolution. logits (B, 1 + Qb + K, H, W); target (B, K, H, W) one-hot; void
+    (B, H, W) bool: pixels whose label is unknown, left out of both terms."""
     merged = merged_logits(logits, num_bg).float()
     labels = torch.where(target.sum(1) > 0, target.argmax(1) + 1, torch.zeros_like(target[:, 0], dtype=torch.long))
-    ce = F.cross_entropy(merged, labels)
     probs = merged.softmax(1)[:, 1:]
+    if void is not None:
+        labels = labels.masked_fill(void, -100)  # F.cross_entropy's ignore_index
+        known = (~void)[:, None].to(probs.dtype)
+        probs, target = probs * known, target * known
+    ce = F.cross_entropy(merged, labels)
     return ce + dice_loss(probs, target, valid.float())
 
 
@@ -157,7 +163,8 @@ class CycleModel(nn.Module):
             in_path = present[:, frames].any(1) & valid  # objects absent from every source frame -> background
             tgt = masks[:, target] * in_path[:, :, None, None]
             lg = m.upsample(graph.logits(path), feats[target], (H, W))
-            losses[name_of(path)] = mask_loss(lg[sup], tgt[sup], valid[sup], m.num_bg)
+            void = batch["void"][:, target][sup] if "void" in batch else None
+            losses[name_of(path)] = mask_loss(lg[sup], tgt[sup], valid[sup], m.num_bg, void)
             outputs[name_of(path)] = lg.detach()
             scores += torch.stack(per_object_scores(lg[sup], tgt[sup], valid[sup], m.num_bg))
         total = sum(losses.values()) / len(losses)
