@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vos.config import CONFIG_DIR, ExperimentConfig, InferConfig, TrainConfig, data_path, load_config
+from vos.config import CONFIG_DIR, ExperimentConfig, InferConfig, TrainConfig, data_path, load_config, to_dict
 from vos.utils import VosError, atomic_path
 
 ROOT = CONFIG_DIR.parent
@@ -135,6 +135,9 @@ def run(name: str) -> dict:
             f"at {row['frames/s']:.1f} frames/s; "
             f"{row['s/video']:.1f} s per video (of which adaptation {row['adapt s/video']:.1f} s)\n\n"
             f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
+    if runner.adapt is not None:
+        text += f"test-time adaptation: {to_dict(load_config(InferConfig, None, list(e.infer_overrides)).adapt)}; " \
+                f"training {runner.adapt.precision}\n"
     if e.prompt_frame:
         before = _iou_before(jobs, seqs, e.prompt_frame, out)
         row["IoU before the annotation"] = 100 * float(np.mean(list(before.values())))
