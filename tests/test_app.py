@@ -169,14 +169,15 @@ def _square_video(path: Path, x0: int, n: int = 8) -> np.ndarray:
 
 
 def test_four_people_at_once_each_get_their_own_masks(tmp_path):
-    """Four clients upload a video each, give a box and propagate at the same time while frame requests keep
-    arriving: each gets the masks of its own video (the shared model, one Tracker per propagation, one reader
-    per session under a lock)."""
+    """Four clients upload a video each, give a box and propagate at the same time (two of them adapting to
+    their video first) while frame requests keep arriving: each gets the masks of its own video (the shared
+    model, one Tracker per propagation, one reader per session under a lock)."""
     import io
 
     from vos.app import create_app
 
-    app = create_app(tmp_path / "out")
+    (tmp_path / "adapt.yaml").write_text("adapt: {steps: 2, size: 64, batch_size: 1}\n")
+    app = create_app(tmp_path / "out", adapt_config=tmp_path / "adapt.yaml")
     videos = {x0: tmp_path / f"v{x0}.mp4" for x0 in (20, 80, 140, 200)}
     truth = {x0: _square_video(p, x0) for x0, p in videos.items()}
     results, errors = {}, []
@@ -188,14 +189,18 @@ def test_four_people_at_once_each_get_their_own_masks(tmp_path):
             sid = info["session"]
             r = c.post(f"/api/{sid}/prompt", json={"frame": 0, "object": 1, "box": [x0 - 4, 56, x0 + 60, 120]})
             assert r.status_code == 200, r.get_json()
-            assert c.post(f"/api/{sid}/propagate").get_json() == {"state": "running"}
+            adapt = x0 in (80, 200)
+            state = c.post(f"/api/{sid}/propagate", json={"adapt": adapt}).get_json()["state"]
+            assert state == ("adapting" if adapt else "running")
             for t in range(200):  # frame requests while every session propagates
                 assert c.get(f"/api/{sid}/frame/{t % 8}.jpg").status_code == 200
                 status = c.get(f"/api/{sid}/status").get_json()
-                if status["state"] != "running":
+                if status["state"] not in ("adapting", "running"):
                     break
-            _wait(lambda: c.get(f"/api/{sid}/status").get_json()["state"] != "running", 120, "propagation")
-            assert c.get(f"/api/{sid}/status").get_json()["state"] == "done"
+            _wait(lambda: c.get(f"/api/{sid}/status").get_json()["state"] not in ("adapting", "running"), 180,
+                  "propagation")
+            status = c.get(f"/api/{sid}/status").get_json()
+            assert status["state"] == "done" and (status["adapt_seconds"] > 0) == adapt, status
             z = zipfile.ZipFile(io.BytesIO(c.get(f"/api/{sid}/masks.zip").data))
             results[x0] = [np.array(Image.open(z.open(n))) for n in sorted(z.namelist())]
         except Exception as e:  # reported in the main thread

@@ -25,6 +25,7 @@ from vos.utils import VosError
 
 DEMO_CLIP = Path(__file__).resolve().parents[2] / "examples" / "bedroom.mp4"
 SID = re.compile(r"^[0-9a-f]{32}$")
+BUSY = ("adapting", "running")  # states in which a session is never evicted nor started again
 
 
 class Session:
@@ -39,6 +40,7 @@ class Session:
         self.frames = VideoFile(video)  # raises FrameError for anything that is not a readable video
         self.prompts: dict[int, np.ndarray] = {}
         self.state, self.done, self.total, self.error = "ready", 0, len(self.frames), ""
+        self.adapt_seconds = 0.0
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
 
@@ -57,9 +59,14 @@ class Session:
                 "fps": self.frames.fps}
 
 
+ADAPT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "infer" / "adapt_fast.yaml"
+
+
 def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = None, max_upload_mb: int = 500,
-               max_frames: int = 20000, max_sessions: int = 8, idle_minutes: float = 60) -> Flask:
-    from vos.adapt import runner as make_runner
+               max_frames: int = 20000, max_sessions: int = 8, idle_minutes: float = 60,
+               adapt_config: str | Path = ADAPT_CONFIG) -> Flask:
+    """adapt_config: the inference config whose `adapt` settings the page's "adapt to this video" box uses."""
+    from vos.adapt import Adaptation, runner as make_runner
     from vos.config import InferConfig, load_config
     from vos.data import DAVIS_PALETTE, read_mask
     from vos.inference import Runner
@@ -86,8 +93,8 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
         """Close idle sessions, then the least recently used ones beyond max_sessions - 1 (room for a new one)."""
         with sessions_lock:
             now = time.monotonic()
-            idle = [k for k, s in sessions.items() if s.state != "running" and now - s.last_used > 60 * idle_minutes]
-            spare = sorted((k for k, s in sessions.items() if s.state != "running" and k not in idle),
+            idle = [k for k, s in sessions.items() if s.state not in BUSY and now - s.last_used > 60 * idle_minutes]
+            spare = sorted((k for k, s in sessions.items() if s.state not in BUSY and k not in idle),
                            key=lambda k: sessions[k].last_used)
             gone = idle + spare[: max(0, len(sessions) - len(idle) - (max_sessions - 1))]
             closing = [sessions.pop(k) for k in gone]
@@ -227,10 +234,11 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
         s = session(sid)
         if not s.prompts:
             return fail("draw a box, click, or upload a mask for at least one object first")
+        adapt = bool((request.get_json(silent=True) or {}).get("adapt"))
         with s.lock:
-            if s.state == "running":
+            if s.state in BUSY:
                 return fail("already propagating")
-            s.state, s.done, s.error = "running", 0, ""
+            s.state, s.done, s.error, s.adapt_seconds = ("adapting" if adapt else "running"), 0, "", 0.0
         prompts = dict(s.prompts)
 
         def work():
@@ -241,18 +249,25 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
                 video = r.new_session(s.video)  # its own reader and Tracker: nothing shared but the model
                 for t, ids in sorted(prompts.items()):
                     video.add_mask(t, ids)
+                if adapt:  # fine-tune copies of the model on this video's given frames; the page shows the seconds
+                    cfg = load_config(InferConfig, adapt_config)
+                    Adaptation(cfg.adapt, progress=False, amp=cfg.amp,
+                               on_progress=lambda done, total, sec: setattr(s, "adapt_seconds", sec))(video)
+                    s.state = "running"
                 r.run_session(video, "result", s.video, s.folder, overlay_mp4=True, progress=False, on_frame=progress)
                 s.state = "done"
             except Exception as e:  # reported to the page, not lost in a thread
                 s.state, s.error = "error", str(e)
 
+        started = s.state
         threading.Thread(target=work, daemon=True).start()
-        return jsonify({"state": "running"})
+        return jsonify({"state": started})
 
     @app.get("/api/<sid>/status")
     def status(sid: str):
         s = session(sid)
-        return jsonify({"state": s.state, "done": s.done, "total": s.total, "error": s.error})
+        return jsonify({"state": s.state, "done": s.done, "total": s.total, "error": s.error,
+                        "adapt_seconds": round(s.adapt_seconds, 1)})
 
     @app.get("/api/<sid>/overlay.mp4")
     def overlay_video(sid: str):
