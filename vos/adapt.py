@@ -151,8 +151,8 @@ class Adaptation:
         key = (f"adaptation step: {c.backbone} C{c.channels} enc{c.encoder.layers} dec{c.decoder.layers}, "
                f"{self.cfg.batch_size} x {self.cfg.size}px")
         device = next(model.parameters()).device
-        dtype, self.precision = choose(self.amp, device, key, lambda d: finetune(model, session.frames, session.prompts, one,
-                                                                                 amp=d is not None))
+        dtype, self.precision = choose(self.amp, device, key,
+                                       lambda d: finetune(model, session.frames, session.prompts, one, amp=d is not None))
         return dtype is not None
 
     def __call__(self, session: VideoSession) -> float:

@@ -136,7 +136,7 @@ def run(name: str) -> dict:
             f"{row['s/video']:.1f} s per video (of which adaptation {row['adapt s/video']:.1f} s)\n\n"
             f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
     if runner.adapt is not None:
-        text += f"test-time adaptation: {to_dict(load_config(InferConfig, None, list(e.infer_overrides)).adapt)}; " \
+        text += f"test-time adaptation: {to_dict(runner.cfg.adapt)}; " \
                 f"training {runner.adapt.precision}\n"
     if e.prompt_frame:
         before = _iou_before(jobs, seqs, e.prompt_frame, out)

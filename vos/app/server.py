@@ -73,6 +73,7 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
     from vos.inference.prompts import mask_from_prompts
     from vos.inference.writers import overlay
 
+    adapt_cfg = load_config(InferConfig, adapt_config)  # read (and checked) once
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     app = Flask(__name__, static_folder=None)
@@ -250,8 +251,7 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
                 for t, ids in sorted(prompts.items()):
                     video.add_mask(t, ids)
                 if adapt:  # fine-tune copies of the model on this video's given frames; the page shows the seconds
-                    cfg = load_config(InferConfig, adapt_config)
-                    Adaptation(cfg.adapt, progress=False, amp=cfg.amp,
+                    Adaptation(adapt_cfg.adapt, progress=False, amp=adapt_cfg.amp,
                                on_progress=lambda done, total, sec: setattr(s, "adapt_seconds", sec))(video)
                     s.state = "running"
                 r.run_session(video, "result", s.video, s.folder, overlay_mp4=True, progress=False, on_frame=progress)

@@ -35,7 +35,8 @@ class Tracker:
     """State of one video being segmented.
 
     Fields:
-      models: the loaded models (one, or several run together; they must share bg_grid).
+      models: the loaded models (one, or several run together; they must share bg_grid). Put them in the
+        channels-last memory format once, before (Runner does): ~1.5x faster convolutions on the CPU.
       adapted: models fine-tuned to this video (test-time adaptation, vos.adapt) that replace `models` while
         set (None: not adapted). `use_adapted` sets them.
       objects: the tracked objects (`objects.ids`: channel k + 1 of the probabilities <-> objects.ids[k]).
@@ -55,7 +56,7 @@ class Tracker:
             raise ValueError("a Tracker needs at least one model")
         if len({m.num_bg for m in models}) > 1:
             raise ValueError("models that run together must share bg_grid")
-        self.models = [self._ready(m) for m in models]
+        self.models = [m.eval() for m in models]
         self.adapted: list[HODOR] | None = None
         self.device = next(models[0].parameters()).device
         self.window, self.anchor_first, self.dtype = window, anchor_first, dtype
@@ -67,11 +68,6 @@ class Tracker:
         """cfg: an InferConfig."""
         return cls(models, cfg.window, cfg.anchor_first, cfg.locality, cfg.locality_floor, dtype)
 
-    @staticmethod
-    def _ready(model: HODOR) -> HODOR:
-        # channels-last memory format: ~1.5x faster convolutions on the CPU (oneDNN), harmless on CUDA.
-        return model.eval().to(memory_format=torch.channels_last)
-
     @property
     def active(self) -> list[HODOR]:
         """The models that run: the adapted ones when set, else the loaded ones."""
@@ -82,7 +78,7 @@ class Tracker:
         loaded ones. Starts a new pass."""
         if models is not None and len(models) != len(self.models):
             raise ValueError(f"{len(models)} adapted models for {len(self.models)} loaded ones")
-        self.adapted = None if models is None else [self._ready(m) for m in models]
+        self.adapted = None if models is None else [m.eval() for m in models]
         self.reset()
 
     def reset(self) -> None:
