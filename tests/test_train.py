@@ -447,3 +447,18 @@ def test_merge_regime_pastes_partner_objects_as_objects_or_distractors():
             distractor += 1
             assert not m[0, :, blue_px[0]].any()  # an unlabelled distractor is background
     assert labelled >= 5 and distractor >= 5
+
+
+def test_a_clip_without_a_mask_at_a_frame_adds_nothing_to_that_frames_loss(tmp_path):
+    """Sparse clips: a frame without a mask is left out of its paths' losses (void), exactly as if that clip were
+    not in the batch for them."""
+    cfg = cfg_for(tmp_path)
+    torch.manual_seed(0)
+    cyc = CycleModel(HODOR(cfg.model).eval(), detach_masks=False, long_cycles=False)
+    batch = _batch(cfg)
+    batch["has_mask"] = torch.tensor([[True, True, True], [True, False, False]])
+    with torch.no_grad():
+        _, both, _ = cyc(batch, 0)
+        _, first, _ = cyc({k: v[:1] for k, v in batch.items()}, 0)
+    assert both["0>1"] == pytest.approx(first["0>1"].item(), rel=1e-5)  # frame 1 is known only in clip 0
+    assert both["0>0"] != pytest.approx(first["0>0"].item(), rel=1e-3)  # frame 0 is known in both

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vos.model import probs_to_labels
+
 
 class LocalityPrior:
     """Fields: radius (fraction of the frame's longer side; 0 = off), floor (weight beyond the radius), near:
@@ -40,7 +42,7 @@ class LocalityPrior:
         """Remember where each object is in this frame's final probabilities (B = 1, 1 + n, h, w)."""
         if not self.radius:
             return
-        owned = (probs.argmax(1, keepdim=True) == torch.arange(1, probs.shape[1], device=probs.device)[:, None, None])
+        owned = (probs_to_labels(probs)[:, None] == torch.arange(1, probs.shape[1], device=probs.device)[:, None, None])
         owned = owned.float()
         r = max(1, round(self.radius * max(probs.shape[-2:])))
         # a (2r + 1)^2 max filter as two 1-D ones: r is ~26 cells at 288 px, where a square one took ~45 ms a frame

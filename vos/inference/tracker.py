@@ -27,7 +27,7 @@ from vos.config import InferConfig
 from vos.inference.locality import LocalityPrior
 from vos.inference.memory import DescriptorMemory
 from vos.inference.objects import ObjectManager
-from vos.model import HODOR, StepOutput, force_masks
+from vos.model import HODOR, StepOutput, force_masks, probs_to_labels
 from vos.utils.device import autocast
 
 
@@ -157,11 +157,6 @@ class Tracker:
 
 def probs_to_ids(object_ids: list[int], probs: torch.Tensor) -> np.ndarray:
     """(1 + n, H, W) probabilities -> (H, W) uint8 map of the original object ids."""
-    # A running max over the few channels: torch's argmax over dim 0 is ~30x slower on the CPU.
-    best, labels = probs[0], torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
-    for k in range(1, probs.shape[0]):
-        better = probs[k] > best
-        labels[better] = k
-        best = torch.maximum(best, probs[k])
+    labels = probs_to_labels(probs, 0)
     lut = np.array([0] + list(object_ids), np.uint8)
     return lut[labels.cpu().numpy()]

@@ -352,6 +352,9 @@ def merged_logits(logits: torch.Tensor, num_bg: int) -> torch.Tensor:
     return torch.cat([logits[:, : 1 + num_bg].amax(1, keepdim=True), logits[:, 1 + num_bg:]], 1)
 
 
-def probs_to_labels(probs: torch.Tensor) -> torch.Tensor:
-    """(B, 1 + I, ...) -> (B, ...) int64 labels: 0 background, k = k-th object."""
-    return probs.argmax(1)
+def probs_to_labels(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """(B, 1 + I, ...) -> (B, ...) int64 labels: 0 background, k = k-th object (the first on ties).
+
+    `max(dim).indices`, not `argmax(dim)`: on the CPU, argmax over a leading dimension of a few channels is ~50x
+    slower (13 ms for (2, 2, 192, 192); it was 10 % of a training step)."""
+    return probs.max(dim).indices

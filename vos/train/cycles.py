@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vos.model import Features, StepOutput, merged_logits
+from vos.model import Features, StepOutput, merged_logits, probs_to_labels
 
 GT = "0"
 
@@ -64,7 +64,7 @@ def per_object_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.T
     """Sums over the batch of each object slot's IoU (prediction = argmax) and Dice loss, and how many samples
     hold that slot: three (K,) tensors. Logged per object, so that a collapse onto one id shows."""
     merged = merged_logits(logits, num_bg).float()
-    pred = F.one_hot(merged.argmax(1), merged.shape[1]).permute(0, 3, 1, 2)[:, 1:].bool()
+    pred = F.one_hot(probs_to_labels(merged), merged.shape[1]).permute(0, 3, 1, 2)[:, 1:].bool()
     gt = target > 0.5
     inter, union = (pred & gt).flatten(2).sum(-1), (pred | gt).flatten(2).sum(-1)
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float))
@@ -79,7 +79,7 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, n
     """Cross-entropy + Dice at full resolution. logits (B, 1 + Qb + K, H, W); target (B, K, H, W) one-hot; void
     (B, H, W) bool: pixels whose label is unknown, left out of both terms."""
     merged = merged_logits(logits, num_bg).float()
-    labels = torch.where(target.sum(1) > 0, target.argmax(1) + 1, torch.zeros_like(target[:, 0], dtype=torch.long))
+    labels = torch.where(target.sum(1) > 0, probs_to_labels(target) + 1, torch.zeros_like(target[:, 0], dtype=torch.long))
     probs = merged.softmax(1)[:, 1:]
     if void is not None:
         labels = labels.masked_fill(void, -100)  # F.cross_entropy's ignore_index
@@ -163,10 +163,15 @@ class CycleModel(nn.Module):
             in_path = present[:, frames].any(1) & valid  # objects absent from every source frame -> background
             tgt = masks[:, target] * in_path[:, :, None, None]
             lg = m.upsample(graph.logits(path), feats[target], (H, W))
-            void = batch["void"][:, target][sup] if "void" in batch else None
-            losses[name_of(path)] = mask_loss(lg[sup], tgt[sup], valid[sup], m.num_bg, void)
+            # clips without a mask at this frame are left out as void, not indexed out: indexing the full-size
+            # logits (and its backward) cost ~10 % of a training step
+            void = ~sup[:, None, None].expand(-1, H, W)
+            if "void" in batch:
+                void = void | batch["void"][:, target]
+            sup_valid = valid & sup[:, None]
+            losses[name_of(path)] = mask_loss(lg, tgt, sup_valid, m.num_bg, void)
             outputs[name_of(path)] = lg.detach()
-            scores += torch.stack(per_object_scores(lg[sup], tgt[sup], valid[sup], m.num_bg))
+            scores += torch.stack(per_object_scores(lg, tgt, sup_valid, m.num_bg))
         total = sum(losses.values()) / len(losses)
         outputs["per_object"] = scores
         return total, losses, outputs

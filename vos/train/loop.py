@@ -22,7 +22,7 @@ from tqdm import tqdm
 from vos.checkpoint import init_from, load_checkpoint, restore_training, save_checkpoint, training_state
 from vos.config import TrainConfig, config_from_dict, save_config, to_dict
 from vos.data.clips import ClipDataset, MixtureSampler
-from vos.model import HODOR, merged_logits
+from vos.model import HODOR, merged_logits, probs_to_labels
 from vos.train.cycles import CycleModel
 from vos.utils import VosError
 from vos.utils.device import amp_dtype, pick_device
@@ -79,13 +79,13 @@ def _overlay_images(batch: dict, outputs: dict, num_bg: int, n: int = 2) -> list
 
     name = next(k for k in outputs if k != "per_object")
     lg = outputs[name]
-    pred = merged_logits(lg, num_bg).argmax(1)
+    pred = probs_to_labels(merged_logits(lg, num_bg))
     target = int(name.rsplit(">", 1)[1]) if ">" in name else 0
     images = []
     for b in range(min(n, lg.shape[0])):
         img = (batch["images"][b, target].permute(1, 2, 0).cpu().numpy() * 255).astype("uint8")
         gt = batch["masks"][b, target]
-        gt_lab = torch.where(gt.sum(0) > 0, gt.argmax(0) + 1, 0).cpu().numpy()
+        gt_lab = torch.where(gt.sum(0) > 0, probs_to_labels(gt, 0) + 1, 0).cpu().numpy()
         images.append(wandb.Image(img, caption=name, masks={"prediction": {"mask_data": pred[b].cpu().numpy()},
                                                             "ground_truth": {"mask_data": gt_lab}}))
     return images
