@@ -53,12 +53,14 @@ def test_the_loaded_model_is_untouched_and_a_seed_fixes_the_result(video):
     assert any(not torch.equal(wa[k], v) for k, v in before.items() if v.is_floating_point())  # it did train
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
     assert not any(p.requires_grad for p in a.parameters()) and not a.training
-    heads = finetune(model, s.frames, s.prompts, AdaptConfig(steps=1, size=64, train="heads"))
-    features = {id(p) for p in model.param_groups()["features"]}
-    names = {n for n, p in model.named_parameters() if id(p) in features}
-    wh = heads.state_dict()
-    assert names and all(torch.equal(wh[k], before[k]) for k in names)  # backbone and FPN as they were
-    assert any(not torch.equal(wh[k], v) for k, v in before.items() if k not in names and v.is_floating_point())
+    groups = {g: {n for n, p in model.named_parameters() if id(p) in {id(q) for q in ps}}
+              for g, ps in model.param_groups().items()}
+    assert all(groups.values()) and sum(map(len, groups.values())) == len(list(model.parameters()))
+    for train, fixed in (("heads", ("early", "features")), ("late", ("early",))):
+        w = finetune(model, s.frames, s.prompts, AdaptConfig(steps=1, size=64, train=train)).state_dict()
+        for g, names in groups.items():
+            moved = any(not torch.equal(w[k], before[k]) for k in names)
+            assert moved != (g in fixed), (train, g)
 
 
 def test_objects_given_at_different_frames_leave_each_other_out_of_the_loss(video, tmp_path):

@@ -44,7 +44,12 @@ class Schedule(StrEnum):
 
 class Trainable(StrEnum):
     all = "all"
+    late = "late"  # all but HODOR.param_groups()["early"]: the backbone's stages up to stride 8 stay fixed
     heads = "heads"  # HODOR.param_groups()["heads"]: all but the backbone and FPN
+
+    def frozen(self) -> tuple[str, ...]:
+        """The HODOR.param_groups() left fixed."""
+        return {"all": (), "late": ("early",), "heads": ("early", "features")}[self.value]
 
 
 class Regime(StrEnum):
@@ -132,7 +137,7 @@ class AdaptConfig:
     static_weight: float = bounded(0.5, min=0, max=1)
     seconds: float = bounded(0.0, min=0)  # a cap on the time spent (0 = none): stop early, with a warning
     seed: int = 0
-    train: Trainable = Trainable.all  # all | heads (the backbone and FPN stay fixed)
+    train: Trainable = Trainable.all  # all | late (the backbone to stride 8 fixed) | heads (backbone and FPN fixed)
 
 
 @dataclass

@@ -73,6 +73,10 @@ class Lite0(nn.Module):
         self.blocks = m.blocks  # stages end at strides 2, 4, 8, 16, 16, 32, 32
         self.taps = (1, 2, 4, 6)
 
+    def early(self) -> list[nn.Module]:
+        """The stages up to stride 8: generic edges and textures, left fixed by `train=late`."""
+        return [self.stem, *self.blocks[:3]]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x, out = self.stem(x), []
         for i, b in enumerate(self.blocks):
@@ -115,6 +119,9 @@ class TorchvisionResNet(nn.Module):
         self.layers = nn.ModuleList([m.layer1, m.layer2, m.layer3, m.layer4])
         self.channels = (64, 128, 256, 512) if name == "resnet18" else (256, 512, 1024, 2048)
 
+    def early(self) -> list[nn.Module]:
+        return [self.stem, *self.layers[:2]]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x, out = self.stem(x), []
         for layer in self.layers:
@@ -139,6 +146,9 @@ class SwinT(nn.Module):
         if state is not None:
             m.load_state_dict(state, strict=True)
         self.features = m.features
+
+    def early(self) -> list[nn.Module]:
+        return list(self.features[:4])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []

@@ -311,12 +311,15 @@ class HODOR(nn.Module):
         return StepOutput(logits, probs, desc)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """"features": the backbone and FPN (per-frame features); "heads": everything else (descriptor queries,
-        encoder, decoder, mask head), what test-time adaptation tunes when it leaves the features alone."""
-        features = {id(p) for mod in (self.backbone, self.fpn) for p in mod.parameters()}
+        """Three disjoint groups, from the most generic to the most task-specific: "early": the backbone's stages up
+        to stride 8; "features": the rest of the backbone and the FPN (per-frame features); "heads": everything
+        else (descriptor queries, encoder, decoder, mask head). What `train=late|heads` leave fixed (vos.config)."""
+        early = {id(p) for mod in self.backbone.early() for p in mod.parameters()}
+        features = {id(p) for mod in (self.backbone, self.fpn) for p in mod.parameters()} - early
         params = list(self.parameters())
-        return {"features": [p for p in params if id(p) in features],
-                "heads": [p for p in params if id(p) not in features]}
+        return {"early": [p for p in params if id(p) in early],
+                "features": [p for p in params if id(p) in features],
+                "heads": [p for p in params if id(p) not in early | features]}
 
     def upsample(self, x: torch.Tensor, feats: Features, size: tuple[int, int] | None = None) -> torch.Tensor:
         """A stride-4 map over the padded frame (B, K, H/4, W/4) -> the unpadded frame at `size` (default: the

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from vos.checkpoint import init_from, load_checkpoint, restore_training, save_checkpoint, training_state
-from vos.config import TrainConfig, config_from_dict, save_config, to_dict
+from vos.config import TrainConfig, Trainable, config_from_dict, save_config, to_dict
 from vos.data.clips import ClipDataset, MixtureSampler
 from vos.model import HODOR, merged_logits, probs_to_labels
 from vos.train.cycles import CycleModel
@@ -114,8 +114,9 @@ class Trainer:
             if cfg.init_from and state is None:
                 init_from(model, cfg.init_from)
         self.model = model.to(self.device, memory_format=torch.channels_last)
-        if cfg.optim.train == "heads":
-            for p in self.model.param_groups()["features"]:
+        groups = self.model.param_groups()
+        for name in Trainable(cfg.optim.train).frozen():
+            for p in groups[name]:
                 p.requires_grad_(False)
         self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles).to(self.device)
         if self.world > 1:
