@@ -4,8 +4,11 @@ from PIL import Image
 
 from vos.data import FrameError, FrameFolder, MaskError, VideoFile, list_sequences, open_frames, read_mask, write_mask
 from vos.data.masks import DAVIS_PALETTE
-from vos.data.synthetic import make_clip, write_davis, write_mp4, write_youtubevos
+from vos.data.synthetic import make_clip, square_clip, write_davis, write_mp4, write_youtubevos
+import filecmp
 from pathlib import Path
+
+import cv2
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,3 +193,35 @@ def test_mp4_writer_leaves_no_temporary_file_when_it_cannot_open(tmp_path):
             w.write(np.zeros((16, 16, 3), np.uint8))
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []  # nothing half-written under the final name, no temporary left
+
+
+def test_validation_composites_paste_other_videos_objects_with_exact_masks(tmp_path):
+    """Three single-object videos -> composites in the DAVIS-2017 layout: the base video's object is 1, pasted
+    objects 2 (and 3) take exactly their pixels (the later one on top), frames hold the pasted pixels there, the
+    build is deterministic and the evaluation reads it."""
+    from vos.data import list_sequences
+    from vos.data.composites import build, plans
+
+    clips = {name: square_clip([(20 + 30 * i, 40, 4, 2)], 12, size=50, colours={1: colour}, seed=i)
+             for i, (name, colour) in enumerate([("a", (250, 0, 0)), ("b", (0, 250, 0)), ("c", (0, 0, 250))])}
+    write_davis(tmp_path / "data" / "davis2016", clips, "val", layout="davis2016")
+    a = build(tmp_path / "a", tmp_path / "data", "val", count=4, seed=1)
+    b = build(tmp_path / "b", tmp_path / "data", "val", count=4, seed=1)
+    seqs = list_sequences(a, "davis2017", "val")
+    assert [s.name for s in seqs] == [p.name for p in plans(["a", "b", "c"], 4, 1)]
+    assert {len(s.name.split("+")) for s in seqs} == {2, 3}
+    for s in seqs:
+        names = s.name.split("+")
+        assert len(s.annotations) == 12
+        for t in (0, 7):
+            ids, _ = s.read_mask(t)
+            assert sorted(np.unique(ids)) == list(range(len(names) + 1))
+            frame = np.asarray(Image.open(s.frame_dir / f"{t:05d}.jpg")).astype(int)
+            for k, name in enumerate(names, 1):  # each object's own colour where its id is
+                colour = np.array({"a": (250, 0, 0), "b": (0, 250, 0), "c": (0, 0, 250)}[name])
+                inner = cv2.erode((ids == k).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+                assert np.abs(frame[inner] - colour).max() < 40
+            top = ids == len(names)  # the last object pasted is whole: nothing occludes it
+            src = clips[names[-1]][1][t] == 1
+            assert top.sum() == src.sum()
+        assert filecmp.cmp(s.annotations[7], Path(b) / "Annotations" / "480p" / s.name / "00007.png", shallow=False)

@@ -97,7 +97,7 @@ def checkpoint_of(name: str, done: set[str] | None = None, chain: tuple[str, ...
 
 def run(name: str) -> dict:
     from vos.adapt import runner as make_runner
-    from vos.data import list_sequences
+    from vos.data import composites, list_sequences
     from vos.eval import evaluate_dataset, format_table, per_video_spread
     from vos.inference.run import jobs_for_dataset
 
@@ -105,7 +105,7 @@ def run(name: str) -> dict:
     name = path.stem
     e = _load(path)
     ckpt = checkpoint_of(str(path))
-    dataset = data_path(e.data_root, e.dataset)
+    dataset = str(composites.ensure(e.data_root)) if e.dataset == composites.NAME else data_path(e.data_root, e.dataset)
     runner = make_runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None,
                          progress=False)
     print(runner.precision)

@@ -1,5 +1,6 @@
 import contextlib
 import os
+import shutil
 import re
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +15,7 @@ def natural_key(name: str) -> list:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block finishes.
 
-    A crash or interrupt mid-write never leaves a half-written file under the final name.
+    A crash or interrupt mid-write never leaves a half-written file (or folder) under the final name.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # keep the suffix: writers infer formats from it
@@ -22,7 +23,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
             tmp.unlink()
 
 

@@ -1,0 +1,146 @@
+"""Multi-object validation composites built from single-object videos (DAVIS-2017 layout).
+
+Each sequence is one video of a split (its own frames and object, id 1) with the annotated objects of one or
+two other videos of the split pasted in frame by frame at the same frame index (ids 2, 3), each flipped
+left-right where that overlaps the objects below it less. Later objects occlude earlier ones, and the masks
+are exact by construction: a pixel belongs to the last object pasted over it. A sequence is as long as the
+shortest of its videos. Deterministic (a fixed seed); no network.
+
+    python -m vos.data.composites                       # -> data/val10-composites (the default below)
+    python -m vos.data.composites --split configs/splits/davis2016_val10.txt --out DIR --sequences 12
+
+Only for validation: never train on it (its videos are the validation videos).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vos.data.datasets import Sequence, list_sequences
+from vos.data.images import read_image
+from vos.data.masks import write_mask
+from vos.utils import VosError, atomic_path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SPLIT = ROOT / "configs" / "splits" / "davis2016_val10.txt"
+NAME = "val10-composites"  # the derived dataset experiments ask for by this name (data/<NAME> in the repository)
+MIN_VISIBLE = 400  # px of every object that must stay visible on the first frame (it is given there)
+
+
+@dataclass(frozen=True)
+class Plan:
+    base: str
+    partners: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join((self.base, *self.partners))
+
+
+def plans(names: list[str], count: int, seed: int) -> list[Plan]:
+    """`count` composites: every video is a base in turn; the first half of the plans get one partner, the rest
+    two (2 and 3 objects)."""
+    rng = np.random.default_rng(seed)
+    out: list[Plan] = []
+    for i in range(count):
+        base = names[i % len(names)]
+        others = [n for n in names if n != base]
+        k = 1 if i < count // 2 else 2
+        out.append(Plan(base, tuple(str(p) for p in rng.choice(others, k, replace=False))))
+    return out
+
+
+def _frames(seq: Sequence, n: int, size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The first n frames (RGB) and object masks (bool) of a single-object DAVIS-2016 sequence at size (H, W)."""
+    images, masks = [], []
+    for t in range(n):
+        images.append(read_image(seq.frame_dir / f"{seq.frame_names[t]}.jpg", size))
+        ids, _ = seq.read_mask(t)
+        m = Image.fromarray((ids > 0).astype(np.uint8) * 255)
+        masks.append(np.asarray(m.resize((size[1], size[0]), Image.NEAREST)) > 0)
+    return images, masks
+
+
+def compose(plan: Plan, seqs: dict[str, Sequence]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(frames RGB, id maps uint8) of one composite."""
+    base = seqs[plan.base]
+    n = min(len(seqs[s].frame_names) for s in (plan.base, *plan.partners))
+    first = read_image(base.frame_dir / f"{base.frame_names[0]}.jpg")
+    size = first.shape[:2]
+    frames, base_masks = _frames(base, n, size)
+    ids = [m.astype(np.uint8) for m in base_masks]
+    for k, partner in enumerate(plan.partners, 2):
+        images, masks = _frames(seqs[partner], n, size)
+        below = sum(int(((i > 0) & m).sum()) for i, m in zip(ids, masks))
+        below_flipped = sum(int(((i > 0) & m[:, ::-1]).sum()) for i, m in zip(ids, masks))
+        flip = below_flipped < below
+        for t in range(n):
+            img, m = (images[t][:, ::-1], masks[t][:, ::-1]) if flip else (images[t], masks[t])
+            frames[t] = np.where(m[..., None], img, frames[t])
+            ids[t] = np.where(m, np.uint8(k), ids[t])
+    return frames, ids
+
+
+def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SPLIT, count: int = 12,
+          seed: int = 0) -> Path:
+    """Write the composites of `split` (DAVIS-2016 sequences under data_root/davis2016) to `out` in the DAVIS-2017
+    layout (JPEGImages/480p, Annotations/480p with every frame annotated, ImageSets/2017/val.txt). The folder is
+    written beside `out` and renamed when complete: an interrupted build leaves no half dataset."""
+    out = Path(out)
+    seqs = {s.name: s for s in list_sequences(Path(data_root) / "davis2016", "davis2016", str(split))}
+    if len(seqs) < 3:
+        raise VosError(f"composites need at least 3 videos in {split}; found {len(seqs)}")
+    made = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp = Path(tmp)
+        for plan in plans(sorted(seqs), count, seed):
+            frames, ids = compose(plan, seqs)
+            hidden = [k for k in range(1, 2 + len(plan.partners)) if (ids[0] == k).sum() < MIN_VISIBLE]
+            if hidden:
+                print(f"skipping {plan.name}: object(s) {hidden} hardly visible on the first frame")
+                continue
+            fd, md = tmp / "JPEGImages" / "480p" / plan.name, tmp / "Annotations" / "480p" / plan.name
+            fd.mkdir(parents=True)
+            md.mkdir(parents=True)
+            for t, (f, m) in enumerate(zip(frames, ids)):
+                Image.fromarray(f).save(fd / f"{t:05d}.jpg", quality=90)
+                write_mask(md / f"{t:05d}.png", m)
+            made.append(plan.name)
+        (tmp / "ImageSets" / "2017").mkdir(parents=True)
+        (tmp / "ImageSets" / "2017" / "val.txt").write_text("\n".join(made) + "\n")
+    return out
+
+
+def ensure(data_root: str | Path) -> Path:
+    """data/val10-composites in the repository, built on first use."""
+    out = ROOT / "data" / NAME
+    if not (out / "ImageSets" / "2017" / "val.txt").is_file():
+        print(f"building the validation composites once: {out}")
+        build(out, data_root)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from vos.config import DATA_ROOT
+    from omegaconf import OmegaConf
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-root", default=OmegaConf.create({"r": DATA_ROOT}).r, help="holds davis2016/")
+    ap.add_argument("--split", default=str(DEFAULT_SPLIT), help="DAVIS-2016 sequences (a split name or .txt list)")
+    ap.add_argument("--out", default=str(ROOT / "data" / NAME))
+    ap.add_argument("--sequences", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    if Path(a.out).exists():
+        raise SystemExit(f"{a.out} exists; remove it first to build it again")
+    print(build(a.out, a.data_root, a.split, a.sequences, a.seed))
+
+
+if __name__ == "__main__":
+    main()
