@@ -36,7 +36,7 @@ def test_choices_and_ranges_are_checked_at_load(tmp_path):
     used to be accepted (an unknown schedule gave a constant learning rate; adapt.train=foo meant "heads")."""
     for schema, item, match in (
             (TrainConfig, "optim.schedule=cosin", r"'cosin', expected one of \[cosine, step, constant\]"),
-            (InferConfig, "adapt.train=foo", r"expected one of \[all, heads\]"),
+            (InferConfig, "adapt.train=foo", r"expected one of \[all, late, heads\]"),
             (InferConfig, "amp=maybe", r"expected one of \[auto, true, false\]"),
             (InferConfig, "adapt.steps=-3", r"adapt.steps=-3 is out of range: it must be >= 0"),
             (InferConfig, "locality=-1", r"locality=-1.0 is out of range: it must be >= 0 and <= 1"),
