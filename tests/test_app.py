@@ -105,7 +105,9 @@ def test_upload_box_propagate_download(server, browser, tmp_path):
     d.find_element(By.ID, "upload-mask").click()
     _wait(lambda: "10x10" in msg().text, 30, "the wrong-size message")
 
+    assert d.find_element(By.ID, "adapt").is_selected()  # test-time adaptation is on by default
     d.find_element(By.ID, "propagate").click()
+    _wait(lambda: "Adapting to the video" in msg().text, 60, "the adaptation progress")
     _wait(lambda: msg().text == "Done.", 300, "propagation")
     assert d.find_element(By.ID, "progress").get_attribute("value") == str(N)
     shot = Path(os.environ.get("VOS_APP_SCREENSHOT", tmp_path / "app.png"))
@@ -176,8 +178,7 @@ def test_four_people_at_once_each_get_their_own_masks(tmp_path):
 
     from vos.app import create_app
 
-    (tmp_path / "adapt.yaml").write_text("adapt: {steps: 2, size: 64, batch_size: 1}\n")
-    app = create_app(tmp_path / "out", adapt_config=tmp_path / "adapt.yaml")
+    app = create_app(tmp_path / "out", overrides=["adapt.steps=2", "adapt.size=64", "adapt.batch_size=1"])
     videos = {x0: tmp_path / f"v{x0}.mp4" for x0 in (20, 80, 140, 200)}
     truth = {x0: _square_video(p, x0) for x0, p in videos.items()}
     results, errors = {}, []

@@ -58,3 +58,12 @@ def test_choices_and_ranges_are_checked_at_load(tmp_path):
     p = tmp_path / "i.yaml"
     p.write_text("amp: true\nlocality: 0.1\n")
     assert load_config(InferConfig, p).amp == "true"
+
+
+def test_the_written_out_inference_defaults_are_the_defaults():
+    """configs/infer/default.yaml documents the defaults: loading it must change nothing."""
+    from pathlib import Path
+
+    written = load_config(InferConfig, Path(__file__).resolve().parents[1] / "configs" / "infer" / "default.yaml")
+    assert to_dict(written) == to_dict(load_config(InferConfig, None))
+    assert load_config(InferConfig, None).adapt.steps > 0  # test-time adaptation is on by default

@@ -60,7 +60,8 @@ def clip_dir(tmp_path_factory):
 
 
 def run(*args):
-    return infer_main([str(a) for a in args] + ["short_side=0"])
+    """infer.py without test-time adaptation (tests/test_adapt.py and test_real_judo run it)."""
+    return infer_main([str(a) for a in args] + ["short_side=0", "adapt.steps=0"])
 
 
 def test_end_to_end_with_late_objects(ckpt, clip_dir, tmp_path):
@@ -284,6 +285,37 @@ def test_removing_an_object_mid_video(ckpt, clip_dir):
     assert 1 in seen[4] and 1 not in seen[5] and 1 not in seen[11]
     session.remove_object(2)
     assert all(2 not in p for p in session.prompts.values())
+
+
+def test_a_session_adapts_once_per_set_of_prompts(clip_dir):
+    """The session runs its adaptation hook before propagating, once for the prompts it was given; new or changed
+    prompts adapt again; adapt=None (adapt.steps=0) never does."""
+    from vos.baselines import BASELINES, BaselineStepper
+    from vos.data import FrameFolder
+    from vos.inference import VideoSession
+
+    d, frames, masks, _ = clip_dir
+    calls = []
+
+    def adapt(session):
+        calls.append(sorted((t, o) for t, m in session.prompts.items() for o in m))
+        return 1.5
+
+    session = VideoSession(BaselineStepper(BASELINES["copy"]), FrameFolder(d / "frames"), adapt=adapt)
+    session.add_mask(0, masks[0])
+    assert session.adapt_seconds == 0 and not calls  # nothing until propagating
+    list(session.propagate())
+    list(session.propagate(reverse=True))
+    assert calls == [[(0, 1), (0, 2)]] and session.adapt_seconds == 1.5
+    session.add_mask(6, np.where(masks[6] == 3, 3, 0).astype(np.uint8))
+    list(session.propagate())
+    assert calls[-1] == [(0, 1), (0, 2), (6, 3)] and len(calls) == 2
+    session.add_mask(6, np.where(masks[7] == 3, 3, 0).astype(np.uint8))  # the same object, corrected
+    next(session.propagate())
+    assert len(calls) == 3
+    session.adapt = None
+    list(session.propagate())
+    assert len(calls) == 3
 
 
 def test_dataset_root_and_baselines(clip_dir, tmp_path):

@@ -125,19 +125,21 @@ class ModelConfig:
 @dataclass
 class AdaptConfig:
     """Test-time adaptation (vos.adapt): fine-tune a copy of the model on the given frame(s) of the video, with the
-    training loop's own step, before propagating."""
+    training loop's own step, before propagating. On by default; the defaults are the fast preset chosen on val10,
+    the composites and judo (RESULTS.md, "Fast test-time adaptation"): ~13 s per model on 2 CPU cores, whatever
+    the video's length (it trains on the given frames only)."""
 
-    steps: int = bounded(0, min=0)  # 0 = off
-    lr: float = bounded(1e-4, min=0)  # peak learning rate
-    warmup: int = bounded(0, min=0)  # steps of linear warm-up, then `schedule` over the remaining steps
-    schedule: Schedule = Schedule.constant
+    steps: int = bounded(40, min=0)  # 0 = off
+    lr: float = bounded(3e-4, min=0)  # peak learning rate
+    warmup: int = bounded(3, min=0)  # steps of linear warm-up, then `schedule` over the remaining steps
+    schedule: Schedule = Schedule.cosine
     batch_size: int = bounded(2, min=1)
-    size: int = bounded(288, min=32)  # square training crops at the internal resolution
+    size: int = bounded(192, min=32)  # square training crops at the internal resolution
     # pseudo-clips of the given frame; the rest: cycles over the video's other frames
-    static_weight: float = bounded(0.5, min=0, max=1)
-    seconds: float = bounded(0.0, min=0)  # a cap on the time spent (0 = none): stop early, with a warning
+    static_weight: float = bounded(1.0, min=0, max=1)
+    seconds: float = bounded(120.0, min=0)  # a cap on the time spent (0 = none): stop early, with a warning
     seed: int = 0
-    train: Trainable = Trainable.all  # all | late (the backbone to stride 8 fixed) | heads (backbone and FPN fixed)
+    train: Trainable = Trainable.late  # all | late (the backbone to stride 8 fixed) | heads (backbone and FPN fixed)
 
 
 @dataclass
@@ -228,7 +230,8 @@ class ValConfig:
     layout: Layout = Layout.davis2016
     split: str = "dev"
     max_seqs: int = bounded(0, min=0)  # 0 = all
-    infer: InferConfig = field(default_factory=InferConfig)
+    # validation measures the model itself: no test-time adaptation unless asked for
+    infer: InferConfig = field(default_factory=lambda: InferConfig(adapt=AdaptConfig(steps=0)))
 
 
 @dataclass

@@ -59,13 +59,11 @@ class Session:
                 "fps": self.frames.fps}
 
 
-ADAPT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "infer" / "adapt_fast.yaml"
-
-
 def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = None, max_upload_mb: int = 500,
                max_frames: int = 20000, max_sessions: int = 8, idle_minutes: float = 60,
-               adapt_config: str | Path = ADAPT_CONFIG) -> Flask:
-    """adapt_config: the inference config whose `adapt` settings the page's "adapt to this video" box uses."""
+               overrides: list[str] | None = None) -> Flask:
+    """overrides: inference config keys (as on infer.py's command line); the page's "adapt to this video" box
+    (checked by default) runs test-time adaptation with its `adapt` settings."""
     from vos.adapt import Adaptation, runner as make_runner
     from vos.config import InferConfig, load_config
     from vos.data import DAVIS_PALETTE, read_mask
@@ -73,7 +71,7 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
     from vos.inference.prompts import mask_from_prompts
     from vos.inference.writers import overlay
 
-    adapt_cfg = load_config(InferConfig, adapt_config)  # read (and checked) once
+    infer_cfg = load_config(InferConfig, None, list(overrides or []))  # read (and checked) once
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     app = Flask(__name__, static_folder=None)
@@ -86,7 +84,7 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
     def runner() -> Runner:
         with model_lock:  # the model loads once, on first use, however many requests ask at once
             if "r" not in runner_box:
-                runner_box["r"] = make_runner(load_config(InferConfig), "hodor", checkpoint)
+                runner_box["r"] = make_runner(infer_cfg, "hodor", checkpoint, progress=False)
                 print(runner_box["r"].precision)
         return runner_box["r"]
 
@@ -235,7 +233,7 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
         s = session(sid)
         if not s.prompts:
             return fail("draw a box, click, or upload a mask for at least one object first")
-        adapt = bool((request.get_json(silent=True) or {}).get("adapt"))
+        adapt = bool((request.get_json(silent=True) or {}).get("adapt", True))  # on unless the box is unchecked
         with s.lock:
             if s.state in BUSY:
                 return fail("already propagating")
@@ -245,15 +243,16 @@ def create_app(out_dir: str | Path = "outputs/app", checkpoint: str | None = Non
         def work():
             try:
                 def progress(done, total):
-                    s.done, s.total = done, total
+                    s.state, s.done, s.total = "running", done, total
                 r = runner()
                 video = r.new_session(s.video)  # its own reader and Tracker: nothing shared but the model
                 for t, ids in sorted(prompts.items()):
                     video.add_mask(t, ids)
-                if adapt:  # fine-tune copies of the model on this video's given frames; the page shows the seconds
-                    Adaptation(adapt_cfg.adapt, progress=False, amp=adapt_cfg.amp,
-                               on_progress=lambda done, total, sec: setattr(s, "adapt_seconds", sec))(video)
-                    s.state = "running"
+
+                # fine-tune copies of the model on this video's given frames first; the page shows the seconds
+                video.adapt = Adaptation(infer_cfg.adapt, progress=False, amp=infer_cfg.amp,
+                                         on_progress=lambda done, total, sec: setattr(s, "adapt_seconds", sec)
+                                         ) if adapt and infer_cfg.adapt.steps else None
                 r.run_session(video, "result", s.video, s.folder, overlay_mp4=True, progress=False, on_frame=progress)
                 s.state = "done"
             except Exception as e:  # reported to the page, not lost in a thread

@@ -99,8 +99,8 @@ class Runner:
 
     Fields: cfg (InferConfig), method, device, models (the loaded HODOR models; several run together),
     dtype and precision (the autocast dtype chosen for them, None = fp32, and a line saying how it was chosen:
-    vos.utils.precision), adapt (test-time adaptation, called with each job's session before it propagates;
-    vos.adapt wires it in, inference knows nothing of training)."""
+    vos.utils.precision), adapt (test-time adaptation, handed to every new session, which runs it before it propagates;
+    vos.adapt.runner wires it in, inference knows nothing of training)."""
 
     def __init__(self, cfg: DictConfig, method: str = "hodor", checkpoint: str | None = None,
                  models: list[HODOR] | None = None, adapt: Callable[[VideoSession], float] | None = None):
@@ -160,7 +160,7 @@ class Runner:
         """A session over a video file or frame folder, decoded at the internal resolution, with a fresh tracker."""
         short = self.cfg.short_side if self.method == "hodor" else None
         frames = open_frames(source, short_side=short or None)
-        return VideoSession(self.tracker(), frames, frames.native_size)
+        return VideoSession(self.tracker(), frames, frames.native_size, self.adapt if self.method == "hodor" else None)
 
     def session(self, job: Job) -> tuple[VideoSession, "numpy.ndarray"]:  # noqa: F821
         """A session with the job's prompts added, and the palette of its first mask."""
@@ -187,12 +187,11 @@ class Runner:
     def run_session(self, session: VideoSession, name: str, source: Path, out_dir: Path, palette=DAVIS_PALETTE,
                     overlay_mp4: bool = False, save_probs: bool = False, progress: bool = True,
                     on_frame: Callable[[int, int], None] | None = None, t0: float | None = None) -> dict:
-        """Adapt (if set up), then segment every frame of a session with its prompts, writing <out>/<name>/*.png
+        """Segment (after adapting, if the session adapts) every frame of a session with its prompts, writing <out>/<name>/*.png
         (and <out>/<name>_overlay.mp4 of `source` / <out>/<name>_probs/): backwards from the first annotated frame
         to frame 0 when it is not frame 0, then forwards from it to the end (later annotations join or correct
         the forward pass as their frames come). on_frame(done, total) is called after each frame is written."""
         t0 = time.time() if t0 is None else t0
-        adapt_seconds = self.adapt(session) if self.adapt is not None and self.method == "hodor" else 0.0
         frames = session.frames
         first = min(session.prompts)
         seq_dir = out_dir / name
@@ -227,7 +226,7 @@ class Runner:
                 writers.append(ov)
             for t, obj_ids, probs in session.propagate():
                 write(writers, t, obj_ids, probs)
-        return {"frames": n, "seconds": time.time() - t0, "adapt_seconds": adapt_seconds}
+        return {"frames": n, "seconds": time.time() - t0, "adapt_seconds": session.adapt_seconds}
 
 
 def shard(jobs: list[Job]) -> list[Job]:

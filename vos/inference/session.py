@@ -11,7 +11,8 @@ Masks may be added for any frame before propagating (objects may first appear la
 
 from __future__ import annotations
 
-from typing import Iterator
+import hashlib
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,15 +28,25 @@ class VideoSession:
       prompts: frame index -> {object id: (H, W) float32 0/1 mask at out_size}. The model resamples them once.
       removals: frame index -> object ids that stop being tracked at that frame.
       tracker: the per-frame stepper (a Tracker, or a baseline with the same step/remove_object/reset methods);
-        each propagation starts it afresh with `reset()`. Test-time adaptation (vos.adapt) gives it its adapted
-        models.
+        each propagation starts it afresh with `reset()`.
+      adapt: test-time adaptation (vos.adapt.Adaptation; None = off): called with the session by the first
+        propagate() after the prompts changed; it hands the tracker models fine-tuned on the prompts and returns
+        the seconds it took. Inference knows nothing of training: the Runner (vos.adapt.runner) sets it.
+      adapt_seconds: what the last adaptation took (0 when none ran).
     """
 
-    def __init__(self, tracker, frames: FrameSource, out_size: tuple[int, int] | None = None):
-        self.tracker, self.frames = tracker, frames
+    def __init__(self, tracker, frames: FrameSource, out_size: tuple[int, int] | None = None,
+                 adapt: Callable[["VideoSession"], float] | None = None):
+        self.tracker, self.frames, self.adapt = tracker, frames, adapt
         self.out_size = tuple(out_size or frames.native_size)
         self.prompts: dict[int, dict[int, np.ndarray]] = {}
         self.removals: dict[int, set[int]] = {}
+        self.adapt_seconds = 0.0
+        self._adapted_to: tuple | None = None  # the prompts the tracker's models were adapted to
+
+    def _prompt_key(self) -> tuple:
+        return tuple((t, o, hashlib.sha1(m.tobytes()).hexdigest())
+                     for t, masks in sorted(self.prompts.items()) for o, m in sorted(masks.items()))
 
     def _check_frame(self, frame_index: int) -> None:
         if not 0 <= frame_index < len(self.frames):
@@ -78,6 +89,9 @@ class VideoSession:
         """
         if not self.prompts:
             raise VosError("add a mask for at least one frame before propagating")
+        if self.adapt is not None and self._prompt_key() != self._adapted_to:
+            self.adapt_seconds = self.adapt(self)
+            self._adapted_to = self._prompt_key()
         stepper = self.tracker
         stepper.reset()
         first = min(self.prompts) if start is None else start
