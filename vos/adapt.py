@@ -35,6 +35,7 @@ from vos.data.sources import Annotated
 from vos.inference import Runner, Tracker, VideoSession, probs_to_ids
 from vos.model import HODOR
 from vos.train.loop import Trainer
+from vos.utils import release_memory
 from vos.utils.precision import choose
 
 
@@ -184,6 +185,7 @@ class Adaptation:
             tuned = None
         finally:
             bar.close()
+            release_memory()  # the training's activations, before propagation allocates its own
         tracker.use_adapted(tuned)
         return time.time() - t0
 
