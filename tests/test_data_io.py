@@ -101,6 +101,19 @@ def test_mp4_write_and_stream_read(tmp_path, clip):
         open_frames(tmp_path / "missing.mp4")
 
 
+def test_reading_the_first_frame_again_keeps_the_sequential_decoder(tmp_path, clip):
+    """Adaptation reads the given frame, then propagation starts from it: the early frame is decoded again by
+    the sequential decoder, and the random-access reader (which holds memory in proportion to the video's
+    length) is never opened."""
+    frames, _ = clip
+    write_mp4(tmp_path / "c.mp4", frames, fps=10)
+    v = VideoFile(tmp_path / "c.mp4")
+    first = v[0]
+    again = [v[t] for t in range(len(frames))]
+    assert v._reader is None
+    assert np.array_equal(first, again[0]) and np.abs(again[7].astype(float) - frames[7]).mean() < 8
+
+
 def test_video_reader_in_dataloader_workers(tmp_path, clip):
     import torch
 
