@@ -15,6 +15,7 @@ Only for validation: never train on it (its videos are the validation videos).
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,11 +128,9 @@ def ensure(data_root: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vos.config import DATA_ROOT
-    from omegaconf import OmegaConf
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-root", default=OmegaConf.create({"r": DATA_ROOT}).r, help="holds davis2016/")
+    ap.add_argument("--data-root", default=os.environ.get("VOS_DATA", "../shared/data"),
+                    help="holds davis2016/ (default: $VOS_DATA, else ../shared/data, as the configs)")
     ap.add_argument("--split", default=str(DEFAULT_SPLIT), help="DAVIS-2016 sequences (a split name or .txt list)")
     ap.add_argument("--out", default=str(ROOT / "data" / NAME))
     ap.add_argument("--sequences", type=int, default=12)
