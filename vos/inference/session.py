@@ -89,9 +89,9 @@ class VideoSession:
         """
         if not self.prompts:
             raise VosError("add a mask for at least one frame before propagating")
-        if self.adapt is not None and self._prompt_key() != self._adapted_to:
+        if self.adapt is not None and (key := self._prompt_key()) != self._adapted_to:
             self.adapt_seconds = self.adapt(self)
-            self._adapted_to = self._prompt_key()
+            self._adapted_to = key
         stepper = self.tracker
         stepper.reset()
         first = min(self.prompts) if start is None else start
