@@ -207,14 +207,18 @@ def test_locality_prior_keeps_look_alikes_apart(shared_data):
     assert (probs_to_ids(ids, probs)[spectators] == 1).mean() < 0.2  # object 1 is not on object 4
 
 
-def test_training_and_inference_paths_agree():
+@pytest.mark.parametrize("radius", [0, 2])
+def test_training_and_inference_paths_agree(radius):
     """The same frames and mask through the training cycle graph and through the Tracker give the same
-    descriptors and logits: one per-frame step, one resampling."""
+    descriptors and logits: one per-frame step, one resampling; with the short-term path, the node's last source
+    plays the previous frame."""
     from vos.train.cycles import GT, CycleGraph, split_features
 
-    cfg = load_config(ModelConfig, None, TINY)
+    cfg = load_config(ModelConfig, None, TINY + [f"short_term.radius={radius}"])
     torch.manual_seed(0)
     model = HODOR(cfg).eval()
+    if radius:
+        torch.nn.init.normal_(model.short_term.fuse[-1].weight, std=0.5)  # not the no-op it starts as
     torch.manual_seed(1)
     images = torch.rand(1, 3, 3, 64, 96)
     mask = torch.zeros(1, 3, 1, 64, 96)
@@ -226,6 +230,10 @@ def test_training_and_inference_paths_agree():
         n2 = ((GT, n1), 2)  # [0, 1] -> 2: what inference does at frame 2 with the anchor and window >= 2
         train_desc = [g.desc(GT), g.desc(n1), g.desc(n2)]
         train_logits = [g.logits(n1), g.logits(n2)]
+        if radius:  # the path moves the logits (else the comparison below would not test it)
+            plain = model.predict(g.feats[2], torch.stack([g.desc(GT), g.desc(n1)], 1),
+                                  torch.ones(1, 2, model.num_bg + 1, dtype=torch.bool), 1)[0]
+            assert (plain - train_logits[1]).abs().max() > 1e-2
     # the training graph has no locality rule (an inference component); both run in fp32 here
     p = Tracker([model], window=7, anchor_first=True, locality=0)
     inf_logits = []
@@ -238,6 +246,27 @@ def test_training_and_inference_paths_agree():
         torch.testing.assert_close(b, a[0], atol=1e-4, rtol=1e-4)
     for a, b in zip(train_logits, inf_logits, strict=True):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_short_term_path_follows_objects_added_and_removed(clip_dir):
+    """The previous frame's masks keep one channel per tracked object: a new object counts as absent a frame ago, a
+    removed one leaves."""
+    d, frames, masks, _ = clip_dir
+    cfg = load_config(ModelConfig, None, TINY + ["short_term.radius=2"])
+    torch.manual_seed(0)
+    model = HODOR(cfg).eval()
+    torch.nn.init.normal_(model.short_term.fuse[-1].weight, std=0.5)
+    p = Tracker([model], window=3, locality=0)
+    p.step(frames[0], {3: (masks[0] == 1).astype(np.float32)})
+    assert p.lasts[0].masks.shape[1] == 2
+    p.step(frames[1], {7: (masks[0] == 2).astype(np.float32)})
+    assert p.lasts[0].masks.shape[1] == 3
+    p.remove_object(3)
+    assert p.lasts[0].masks.shape[1] == 2
+    ids, probs = p.step(frames[2])
+    assert ids == [7] and probs.shape == (2, 72, 120) and torch.isfinite(probs).all()
+    p.reset()
+    assert p.lasts == [None]
 
 
 def test_fused_model_gives_the_unfused_output(tmp_path):
@@ -584,8 +613,16 @@ def test_several_models_run_together_and_ship_as_one_checkpoint(clip_dir, tmp_pa
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(VosError, match="corrupt or truncated"):
         load_models(tmp_path / "cut.pt", cpu)
-    with pytest.raises(VosError, match="several models; start from one of them"):
+    with pytest.raises(VosError, match="a checkpoint of 2 models; start from one of them with .*ens.pt#K"):
         init_from(load_models(a, cpu, fuse=False)[0], tmp_path / "ens.pt")
+    with pytest.raises(VosError, match="K in 0..1"):
+        init_from(load_models(a, cpu, fuse=False)[0], f"{tmp_path / 'ens.pt'}#2")
+    with pytest.raises(VosError, match="holds one model; drop '#1'"):
+        init_from(load_models(a, cpu, fuse=False)[0], f"{a}#1")
+    start = load_models(a, cpu, fuse=False)[0]
+    init_from(start, f"{tmp_path / 'ens.pt'}#1")  # member 1 of the pair = b's weights
+    stored = load_checkpoint(tmp_path / "ens.pt")["members"][1]["model"]
+    assert all(torch.equal(v, stored[k].to(v.dtype)) for k, v in start.state_dict().items())
     with pytest.raises(VosError, match="at least two"):
         export([str(a)], str(tmp_path / "one.pt"), ensemble=True)
     assert not (tmp_path / "one.pt").exists()

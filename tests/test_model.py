@@ -233,3 +233,47 @@ def test_packaged_lite0_weights_classify_real_photos(name, expected):
     with torch.no_grad():
         top = m((x - 0.5) / 0.5).topk(5).indices[0].tolist()
     assert top[0] in expected, top
+
+
+def test_local_attention_reads_only_its_window():
+    from vos.model.short_term import local_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 8, 5, 7, generator=g), torch.randn(2, 8, 5, 7, generator=g), torch.rand(2, 3, 5, 7, generator=g)
+    out = local_attention(q, k, v, 1)
+    for b, y, x in [(0, 0, 0), (1, 2, 3), (0, 4, 6), (1, 4, 0)]:
+        ys, xs = slice(max(0, y - 1), y + 2), slice(max(0, x - 1), x + 2)
+        keys, vals = k[b, :, ys, xs].flatten(1), v[b, :, ys, xs].flatten(1)
+        a = (q[b, :, y, x] @ keys / 8 ** 0.5).softmax(0)
+        torch.testing.assert_close(out[b, :, y, x], vals @ a)
+
+
+def test_short_term_path_starts_as_a_no_op_and_learns_through_the_soft_masks():
+    """At initialisation the path adds nothing (the model is the descriptor-only one); once its last layer moves,
+    it moves the logits, and the loss reaches the previous frame's soft masks (cycle consistency through it), its
+    keys and the features."""
+    torch.manual_seed(0)
+    with_path = HODOR(tiny_cfg(**{"short_term.radius": 2}))
+    plain = HODOR(tiny_cfg())
+    plain.load_state_dict({k: v for k, v in with_path.state_dict().items() if not k.startswith("short_term.")})
+    images = torch.rand(2, 3, 64, 96)
+    m = torch.zeros(1, 2, 64, 96)
+    m[0, 0, 10:30, 20:50], m[0, 1, 35:60, 40:90] = 1, 1
+    outs = []
+    for model in (with_path, plain):
+        f0, f1 = model.features(images[:1]), model.features(images[1:])
+        first = model.step(f0, given=model.masks_to_s4(m, f0))
+        mem = first.desc[:, None]
+        outs.append(model.step(f1, mem, torch.ones(mem.shape[:3], dtype=torch.bool), last=first.last))
+    assert plain.short_term is None and outs[1].last is None
+    assert outs[0].last.masks.shape == (1, 3, 4, 6) and outs[0].last.keys.shape[-2:] == (4, 6)
+    torch.testing.assert_close(outs[0].logits, outs[1].logits)
+    torch.nn.init.normal_(with_path.short_term.fuse[-1].weight, std=0.5)
+    f0, f1 = with_path.features(images[:1]), with_path.features(images[1:])
+    first = with_path.step(f0, given=with_path.masks_to_s4(m, f0))
+    masks = first.last.masks.detach().requires_grad_()
+    last = type(first.last)(first.last.keys, masks)
+    out = with_path.step(f1, first.desc[:, None], torch.ones(first.desc[:, None].shape[:3], dtype=torch.bool), last=last)
+    assert (out.logits - outs[1].logits).abs().max() > 1e-2
+    out.logits[:, -2:].logsumexp(1).mean().backward()
+    assert masks.grad.abs().sum() > 0 and with_path.short_term.key.weight.grad.abs().sum() > 0

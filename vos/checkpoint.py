@@ -103,16 +103,25 @@ def _has_backbone(weights: dict) -> bool:
 
 
 def init_from(model: HODOR, path: str | Path) -> None:
-    """Start a run from another checkpoint's weights. A frozen backbone may be absent from it; a different
-    decoder.pixel_block starts fresh (only that block)."""
+    """Start a run from another checkpoint's weights; "FILE.pt#K": member K of a checkpoint of several models.
+    A frozen backbone may be absent from it; a different decoder.pixel_block starts fresh (only that block), and so
+    does a short-term path the source lacks (it starts as a no-op: vos.model.short_term)."""
+    path, _, member = str(path).partition("#")
     state = load_checkpoint(path)
     if "members" in state:
-        raise CheckpointError(f"init_from {path}: a checkpoint of several models; start from one of them "
-                              f"({', '.join(str(m.get('source', i)) for i, m in enumerate(state['members']))})")
+        parts = state["members"]
+        if not member.isdigit() or int(member) >= len(parts):
+            raise CheckpointError(f"init_from {path}: a checkpoint of {len(parts)} models; start from one of them with "
+                                  f"{path}#K, K in 0..{len(parts) - 1} "
+                                  f"({', '.join(str(m.get('source', i)) for i, m in enumerate(parts))})")
+        state = parts[int(member)]
+    elif member:
+        raise CheckpointError(f"init_from {path}#{member}: {path} holds one model; drop '#{member}'")
     theirs = state["config"].get("model", {}).get("decoder", {}).get("pixel_block")
     block = r"decoder\.\d+\.block\." if theirs != model.cfg.decoder.pixel_block else NOTHING
+    fresh = rf"{block}|short_term\." if not state["config"].get("model", {}).get("short_term", {}).get("radius") else block
     load_weights(model, state["model"], f"init_from {path}: model does not match this config",
-                 may_miss=rf"{BACKBONE}|{block}", may_add=block)
+                 may_miss=rf"{BACKBONE}|{fresh}", may_add=block)
 
 
 def training_state(model, optimizer, scheduler, scaler, step: int, cfg: dict) -> dict:

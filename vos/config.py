@@ -105,6 +105,15 @@ class DecoderConfig:
 
 
 @dataclass
+class ShortTermConfig:
+    """The short-term path (vos.model.short_term): the last frame's masks carried by local pixel matching, as logit
+    offsets learned with the rest of the model. radius 0 = off (the descriptor-only model)."""
+
+    radius: int = bounded(0, min=0)  # matching window radius, in stride-16 pixels (4: 64 px each way)
+    key_channels: int = bounded(32, min=4)
+
+
+@dataclass
 class ModelConfig:
     backbone: str = "lite0"  # lite0 | resnet18 | resnet50 | swin_t
     # "package": the weights shipped by a pip package (lite0); "torchvision": torchvision's download (needs a
@@ -119,6 +128,7 @@ class ModelConfig:
     dropout: float = bounded(0.0, min=0, max=0.99)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    short_term: ShortTermConfig = field(default_factory=ShortTermConfig)
 
 
 # ------------------------------------------------------------------------------------------- inference

@@ -12,6 +12,7 @@ The one per-frame step, shared by training (vos.train.cycles) and inference (vos
     out.logits  # (B, 1 + Qb + I, H/4, W/4) decoded from the past descriptors (None without memory)
     out.probs   # (B, 1 + I, H/4, W/4) probabilities after the given masks are forced in
     out.desc    # (B, Qb + I, C) this frame's descriptors, re-encoded from out.probs
+    out.last    # what the next frame's short-term path reads (None without one): pass it as step(..., last=)
     model.upsample(out.probs, feats, (H', W'))          # stride 4 -> any output size, once
 """
 
@@ -27,6 +28,7 @@ from torch import nn
 from vos.model.attention import DescriptorAttention, SoftMaskedAttention
 from vos.model.backbone import build_backbone
 from vos.model.pixel_blocks import build_pixel_block, groups_for
+from vos.model.short_term import LastFrame, ShortTermPath
 
 NEG = -1e4  # "minus infinity" that stays finite in fp16/bf16 and in gradients
 STRIDE = 32  # inputs are padded to a multiple of the coarsest backbone stride
@@ -43,6 +45,7 @@ class StepOutput:
     logits: torch.Tensor | None  # (B, 1 + Qb + I, h4, w4): [catch-all, background cells, objects]; None = no memory
     probs: torch.Tensor  # (B, 1 + I, h4, w4) float32: background, then objects (given masks forced in)
     desc: torch.Tensor | None  # (B, Qb + I, C); None if step(encode=False)
+    last: LastFrame | None = None  # this frame for the next one's short-term path (None without the path)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Features:
     f4: torch.Tensor  # (N, Cm, H/4, W/4) mask features
     f8: torch.Tensor  # (N, C, H/8, W/8) attention features
     size: tuple[int, int]  # (H, W) of the unpadded input
+    key: torch.Tensor | None = None  # (N, Ck, H/16, W/16) short-term path keys (None without the path)
 
 
 def sine_position(h: int, w: int, dim: int, device, dtype) -> torch.Tensor:
@@ -156,6 +160,8 @@ class HODOR(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.GroupNorm(groups_for(cm), cm), nn.ReLU())
         self.desc_proj = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, cm))
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
+        st = cfg.short_term
+        self.short_term = ShortTermPath(c, st.key_channels, st.radius) if st.radius else None
 
     def train(self, mode: bool = True) -> "HODOR":
         """Backbone BatchNorm statistics stay frozen: training batches of a few clips are too small for them."""
@@ -191,7 +197,7 @@ class HODOR(nn.Module):
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         # channels-last: oneDNN's convolutions are faster in it on the CPU (both directions), harmless on CUDA
         f4, f8 = self.fpn(self.backbone(pad_to_stride(x).contiguous(memory_format=torch.channels_last)))
-        return Features(f4, f8, (H, W))
+        return Features(f4, f8, (H, W), self.short_term.keys(f8) if self.short_term else None)
 
     # ------------------------------------------------------------------------------------------- encoder
     def masks_to_s4(self, masks: torch.Tensor, feats: Features) -> torch.Tensor:
@@ -267,17 +273,31 @@ class HODOR(nn.Module):
         return torch.cat([self.catch_all(e), logits], 1)
 
     def predict(self, feats: Features, memory: torch.Tensor | None, memory_valid: torch.Tensor | None,
-                num_objects: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+                num_objects: int, last: LastFrame | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The first half of `step`: (logits, probabilities (B, 1 + I, H/4, W/4)) decoded from past descriptors.
 
         memory (B, T, Q, C), memory_valid (B, T, Q): descriptors of past frames. None: nothing to decode from (e.g.
-        the first annotated frame): logits None and every pixel background."""
+        the first annotated frame): logits None and every pixel background. last: the previous frame's
+        `StepOutput.last`; with the short-term path (vos.model.short_term) it adds its offsets to the objects'
+        logits (None: descriptors only)."""
         if memory is None:
             probs = torch.zeros(feats.f8.shape[0], 1 + num_objects, *feats.f4.shape[-2:], device=feats.f8.device)
             probs[:, 0] = 1
             return None, probs
         logits = self.decode(feats, memory, memory_valid)
+        if self.short_term is not None and last is not None:
+            off = self.short_term(feats.key, last, num_objects)
+            off = F.interpolate(off, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+            k = 1 + self.num_bg
+            logits = torch.cat([logits[:, :k], logits[:, k:] + off.to(logits.dtype)], 1)
         return logits, logits_to_probs(logits, self.num_bg)
+
+    def remember(self, feats: Features, probs: torch.Tensor) -> LastFrame | None:
+        """What this frame leaves for the next one's short-term path: its keys and final probabilities (B, 1 + I,
+        H/4, W/4) at stride 16. None without the path."""
+        if self.short_term is None:
+            return None
+        return LastFrame(feats.key, F.avg_pool2d(probs, 4))
 
     def commit(self, feats: Features, probs: torch.Tensor, given: torch.Tensor | None = None,
                given_valid: torch.Tensor | None = None, valid: torch.Tensor | None = None,
@@ -293,9 +313,10 @@ class HODOR(nn.Module):
 
     def step(self, feats: Features, memory: torch.Tensor | None = None, memory_valid: torch.Tensor | None = None,
              given: torch.Tensor | None = None, given_valid: torch.Tensor | None = None,
-             valid: torch.Tensor | None = None, detach_probs: bool = False, encode: bool = True) -> StepOutput:
-        """One frame: decode it from past descriptors, force the given masks in, re-encode its descriptors
-        (`commit(predict(...))`; inference's Tracker runs the same two halves).
+             valid: torch.Tensor | None = None, detach_probs: bool = False, encode: bool = True,
+             last: LastFrame | None = None) -> StepOutput:
+        """One frame: decode it from past descriptors (and, with the short-term path, from `last`), force the given
+        masks in, re-encode its descriptors (`commit(predict(...))` + `remember`; inference's Tracker runs the same).
 
         memory (B, T, Q, C), memory_valid (B, T, Q): descriptors of past frames (None: nothing to decode from,
             e.g. the first annotated frame; every pixel is then background unless given).
@@ -304,11 +325,12 @@ class HODOR(nn.Module):
         valid (B, I) bool: real (not padding) objects. detach_probs: stop gradients through the soft masks
             into the re-encoding (the reference code's choice; training only). encode=False: skip the re-encoding
             (desc None) when nothing will attend to this frame (the last frame of a training cycle).
+        last: the previous frame's `StepOutput.last` (None: none, or the path is off).
         """
         num_objects = given.shape[1] if given is not None else memory.shape[2] - self.num_bg
-        logits, probs = self.predict(feats, memory, memory_valid, num_objects)
+        logits, probs = self.predict(feats, memory, memory_valid, num_objects, last)
         probs, desc = self.commit(feats, probs, given, given_valid, valid, detach_probs, encode)
-        return StepOutput(logits, probs, desc)
+        return StepOutput(logits, probs, desc, self.remember(feats, probs))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Three disjoint groups, from the most generic to the most task-specific: "early": the backbone's stages up

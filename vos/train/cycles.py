@@ -6,7 +6,11 @@ re-encoded on that frame from its predicted soft masks. Nodes are cached, so eve
 once per iteration even when several cycles share it.
 
 Cycles: [0]->0 and [0]->1->0 every iteration; with long cycles, odd iterations add either
-[0]->1->2->1->0 or [0]->1, [0,1]->2, 2->1, [1,2]->0 (alternating).
+[0]->1->2->1->0 or [0]->1, [0,1]->2, 2->1, [2,1]->0 (alternating).
+
+The last source of a node is the frame processed just before its target: with the short-term path
+(vos.model.short_term), its `StepOutput.last` is what the target reads, as the previous frame at inference (a node
+decoding the frame of its last source, e.g. [0]->0, reads none: it would copy the masks).
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ def node_frames(node) -> set[int]:
     return {target}.union(*(node_frames(s) for s in sources))
 
 
+def frame_of(node) -> int:
+    return 0 if node == GT else node[1]
+
+
 def sources_of(node) -> set:
     """Every node whose descriptors `node` needs, along the whole path."""
     if node == GT:
@@ -44,10 +52,10 @@ def cycle_paths(iteration: int, long_cycles: bool) -> list[tuple]:
             n2 = ((n1,), 2)
             n1b = ((n2,), 1)
             paths += [n2, n1b, ((n1b,), 0)]
-        else:  # [0]->1, [0,1]->2, 2->1, [1,2]->0
+        else:  # [0]->1, [0,1]->2, 2->1, [2,1]->0
             n2 = ((GT, n1), 2)
             n1c = ((n2,), 1)
-            paths += [n2, n1c, ((n1c, n2), 0)]
+            paths += [n2, n1c, ((n2, n1c), 0)]
     return paths
 
 
@@ -113,8 +121,10 @@ class CycleGraph:
                 sources, target = node
                 memory = torch.stack([self.desc(s) for s in sources], 1)
                 mem_valid = self.q_valid[:, None].expand(-1, len(sources), -1)
+                previous = sources[-1]
+                last = None if frame_of(previous) == target else self.output(previous).last
                 self._out[node] = m.step(self.feats[target], memory, mem_valid, valid=self.valid,
-                                         detach_probs=self.detach, encode=node not in self.ends_only)
+                                         detach_probs=self.detach, encode=node not in self.ends_only, last=last)
         return self._out[node]
 
     def desc(self, node) -> torch.Tensor:
@@ -128,8 +138,9 @@ def split_features(model: nn.Module, images: torch.Tensor) -> list[Features]:
     """Features of (B, T, 3, H, W) clips in one backbone pass, as one Features per frame."""
     B, T, _, H, W = images.shape
     f = model.features(images.flatten(0, 1))
-    return [Features(f.f4.view(B, T, *f.f4.shape[1:])[:, t], f.f8.view(B, T, *f.f8.shape[1:])[:, t], (H, W))
-            for t in range(T)]
+    per_frame = lambda x: None if x is None else x.view(B, T, *x.shape[1:]).unbind(1)  # noqa: E731
+    f4, f8, key = per_frame(f.f4), per_frame(f.f8), per_frame(f.key) or [None] * T
+    return [Features(f4[t], f8[t], (H, W), key[t]) for t in range(T)]
 
 
 class CycleModel(nn.Module):

@@ -1,0 +1,82 @@
+"""The short-term path: where each object was a frame ago, carried to this frame by local pixel matching.
+
+HODOR's decoder matches this frame's pixels against object descriptors: appearance only, with no sense of where an
+object was, so a look-alike can take an object over and two crossing objects can swap ids. This path adds what the
+descriptors do not carry (after STCN / XMem / Cutie's pixel memory and Cutie's `last_mask`, made local):
+
+    keys = ShortTermPath.keys(f8)                    # (B, Ck, h, w) at stride 16, once per frame, with the features
+    last = LastFrame(keys, soft masks at stride 16)  # what a frame leaves for the next one
+    offsets = path(keys, last, num_objects)          # (B, I, h, w) logit offsets, added to the decoder's logits
+
+It works at stride 16: it says whose a region is, the descriptors' stride-4 logits draw the boundaries, and its
+attention stays cheap. For every pixel of this frame, attention over the (2r + 1)^2 pixels around the same place
+in the previous frame
+(softmax of key . key / sqrt(Ck)) reads the previous frame's soft masks: the last masks moved by appearance. A small
+convolution turns, per object, [carried mask, last mask, the other objects' carried masks, whether the object was
+present a frame ago] into an offset for that object's logits. The window bounds how far an object can be carried; an
+object absent a frame ago (left the frame, new) gets its offset from the same network with "absent" as input, so it
+is free to come back anywhere. Its last layer starts at zero: at initialisation the model is the descriptor-only one.
+The same step runs in training (the previous node of a cycle) and inference (the previous frame): vos.model.hodor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEG = -1e4
+
+
+@dataclass
+class LastFrame:
+    keys: torch.Tensor  # (B, Ck, h, w) the frame's stride-16 keys
+    masks: torch.Tensor  # (B, 1 + I, h, w) its final soft masks (background first) at stride 16
+
+
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, radius: int) -> torch.Tensor:
+    """q, k (B, Ck, h, w); v (B, V, h, w) -> (B, V, h, w): every pixel of q reads v over the pixels of k at most
+    `radius` away in both directions (softmax of q . k / sqrt(Ck)).
+
+    Dense attention with the far pixels masked out: at stride 16 the maps are small (18 x 32 at 288 x 512), and two
+    batched matrix products are ~10x faster on the CPU than gathering each pixel's window (unfold)."""
+    B, Ck, h, w = q.shape
+    ys = torch.arange(h, device=q.device).repeat_interleave(w)
+    xs = torch.arange(w, device=q.device).repeat(h)
+    far = ((ys[:, None] - ys[None]).abs() > radius) | ((xs[:, None] - xs[None]).abs() > radius)
+    a = torch.bmm(q.flatten(2).transpose(1, 2), k.flatten(2)).float() / math.sqrt(Ck)  # (B, hw, hw)
+    a = a.masked_fill(far, NEG).softmax(-1).to(v.dtype)
+    return torch.bmm(v.flatten(2), a.transpose(1, 2)).view(B, v.shape[1], h, w)
+
+
+class ShortTermPath(nn.Module):
+    def __init__(self, channels: int, key_channels: int, radius: int, hidden: int = 16):
+        super().__init__()
+        self.radius = radius
+        self.key = nn.Conv2d(channels, key_channels, 1)
+        self.fuse = nn.Sequential(nn.Conv2d(4, hidden, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2), nn.ReLU(),
+                                  nn.Conv2d(hidden, 1, 1))
+        nn.init.zeros_(self.fuse[-1].weight)
+        nn.init.zeros_(self.fuse[-1].bias)
+
+    def keys(self, f8: torch.Tensor) -> torch.Tensor:
+        """(B, C, H/8, W/8) attention features -> (B, Ck, H/16, W/16) keys."""
+        return self.key(F.avg_pool2d(f8, 2))
+
+    def forward(self, keys: torch.Tensor, last: LastFrame, num_objects: int) -> torch.Tensor:
+        """Logit offsets (B, I, h, w) for the I objects of this frame. Objects beyond those of `last` (added since)
+        count as absent a frame ago."""
+        prev = last.masks[:, 1:].to(keys.dtype)
+        if prev.shape[1] < num_objects:
+            prev = F.pad(prev, (0, 0, 0, 0, 0, num_objects - prev.shape[1]))
+        prev = prev[:, :num_objects]
+        carried = local_attention(keys, last.keys.to(keys.dtype), prev, self.radius)  # (B, I, h, w)
+        others = carried.sum(1, keepdim=True) - carried
+        present = prev.flatten(2).amax(-1)[..., None, None].expand_as(prev)
+        x = torch.stack([carried, prev, others, present], 2)  # (B, I, 4, h, w)
+        B, I, _, h, w = x.shape
+        return self.fuse(x.flatten(0, 1)).view(B, I, h, w)
