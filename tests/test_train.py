@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -226,6 +227,41 @@ def test_static_sources_coco_and_folder(tmp_path):
         inside, outside = frames[0][masks[0] == 1].mean(0), frames[0][masks[0] != 1].mean(0)
         got = img[m].mean(0)
         assert np.abs(got - inside).sum() < np.abs(got - outside).sum(), (got, inside, outside)
+
+
+def test_dense_training_on_a_teacher_s_pseudo_labels(tmp_path):
+    """regime dense with pseudo_labels: the annotated frame keeps its own mask, every other frame reads the teacher's
+    PNG; a missing or incomplete folder, or another regime, is a clear error."""
+    from vos.data import write_mask
+    from vos.data.sources import units_from_source
+    from vos.data.synthetic import make_clip, write_davis
+
+    root = write_davis(tmp_path / "d", {"v": make_clip(0, n_frames=6, size=(64, 96), n_objects=1, late_objects=0)},
+                       split="train", layout="davis2016")
+    teacher = tmp_path / "teacher"
+    (teacher / "v").mkdir(parents=True)
+    for t in range(6):
+        ids = np.zeros((64, 96), np.uint8)
+        ids[t: t + 10, 5:20] = 1  # not the real object: where each mask comes from shows
+        write_mask(teacher / "v" / f"{t:05d}.png", ids)
+    src = cfg_for(tmp_path, f"data.sources=[{{kind: davis2016, root: {root}, regime: dense, "
+                            f"pseudo_labels: {teacher}}}]").data.sources[0]
+    (unit,) = units_from_source(src)
+    gt = units_from_source(cfg_for(tmp_path, f"data.sources=[{{kind: davis2016, root: {root}, regime: dense}}]")
+                           .data.sources[0])[0]
+    assert unit.dense and unit.annotated == 0
+    np.testing.assert_array_equal(unit.load_mask(0), gt.load_mask(0))
+    for t in (1, 5):
+        assert unit.load_mask(t)[t: t + 10, 5:20].all() and unit.load_mask(t).sum() == 150
+    (teacher / "v" / "00003.png").unlink()
+    with pytest.raises(VosError, match="pseudo-labels incomplete: 1 of 6 masks of 'v'"):
+        units_from_source(src)
+    with pytest.raises(VosError, match="pseudo-label folder not found"):
+        units_from_source(cfg_for(tmp_path, f"data.sources=[{{kind: davis2016, root: {root}, regime: dense, "
+                                            f"pseudo_labels: {tmp_path / 'nothing'}}}]").data.sources[0])
+    with pytest.raises(VosError, match="need regime: dense"):
+        units_from_source(cfg_for(tmp_path, f"data.sources=[{{kind: davis2016, root: {root}, regime: sparse, "
+                                            f"pseudo_labels: {teacher}}}]").data.sources[0])
 
 
 def test_sparse_regime_reads_only_the_annotated_mask(tmp_path):

@@ -184,6 +184,10 @@ class DataSource:
     # be compared at equal augmentation, or changes one regime's strength.
     augment: str = ""
     coco_annotations: str = ""  # coco: path to instances_*.json
+    # video kinds, regime dense: a folder <video>/<frame>.png of a teacher's masks for every frame (the outputs of
+    # `python -m vos.experiment TEACHER`: outputs/experiments/TEACHER; relative to the repository unless absolute).
+    # The annotated frame keeps its own mask; the others train with these (distillation, issue 23).
+    pseudo_labels: str = ""
     length: int = bounded(64, min=1)  # synthetic: number of generated clips
 
 

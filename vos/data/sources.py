@@ -19,6 +19,8 @@ from vos.data.masks import read_mask
 from vos.data.synthetic import make_clip
 from vos.utils import VosError
 
+REPO = Path(__file__).resolve().parents[2]  # relative pseudo-label folders are under the repository
+
 
 @dataclass
 class Annotated:
@@ -84,6 +86,7 @@ def pick_annotated(name: str, frame_names: list[str], annotated_frames: list[int
 
 def _video_dataset(src, root: Path) -> list[Annotated]:
     units = []
+    pseudo = _pseudo_labels(src)
     for s in list_sequences(root, src.kind, src.split):
         frames = s.frames()
         ann = sorted(s.annotations)
@@ -91,15 +94,37 @@ def _video_dataset(src, root: Path) -> list[Annotated]:
             continue
         a = pick_annotated(s.name, s.frame_names, ann, src.annotated, sum(map(ord, s.name)))
         dense = src.regime == "dense"
-        if dense and len(ann) < len(frames):
+        labels = {}
+        if pseudo is not None:
+            labels = {t: pseudo / s.name / f"{n}.png" for t, n in enumerate(s.frame_names)}
+            missing = [p for p in labels.values() if not p.is_file()]
+            if missing:
+                raise VosError(f"pseudo-labels incomplete: {len(missing)} of {len(labels)} masks of '{s.name}' are "
+                               f"missing (e.g. {missing[0]}); run the teacher experiment that writes {pseudo}")
+        elif dense and len(ann) < len(frames):
             raise VosError(f"{s.name}: dense training needs every frame annotated ({len(ann)}/{len(frames)})")
 
-        def load_mask(t, s=s, a=a, dense=dense):
+        def load_mask(t, s=s, a=a, dense=dense, labels=labels):
             if t != a and not dense:  # the weakly-supervised regime never reads other masks
                 raise VosError("internal: a non-annotated mask was requested in the sparse regime")
-            return s.read_mask(t)[0]
+            return read_mask(labels[t])[0] if t != a and labels else s.read_mask(t)[0]
         units.append(Annotated(len(frames), frames.__getitem__, load_mask, a, dense))
     return units
+
+
+def _pseudo_labels(src) -> Path | None:
+    """The teacher's mask folder of a source (None: none), checked."""
+    if not src.pseudo_labels:
+        return None
+    if src.regime != "dense":
+        raise VosError(f"pseudo_labels {src.pseudo_labels} need regime: dense (got {src.regime}): the other regimes "
+                       "never read masks beyond the annotated frame")
+    p = Path(src.pseudo_labels)
+    p = p if p.is_absolute() else REPO / p
+    if not p.is_dir():
+        raise VosError(f"pseudo-label folder not found: {p}; run the teacher experiment that writes it "
+                       "(e.g. python -m vos.experiment pseudo_train20)")
+    return p
 
 
 for _kind in ("davis2016", "davis2017", "youtubevos"):
