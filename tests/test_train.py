@@ -34,6 +34,32 @@ def test_cycles_are_computed_once_per_path():
     assert len(cycle_paths(1, False)) == 3
 
 
+def test_each_cycle_node_reads_its_previous_frame(tmp_path):
+    """With the short-term path, a node reads the `last` of its last source (the frame processed just before it, as
+    at inference), and none when that source is its own frame ([0]->0 would copy the given masks)."""
+    cfg = cfg_for(tmp_path, "model.short_term.radius=2")
+    model = HODOR(cfg.model)
+    seen, step = [], model.step
+
+    def spy(feats, *args, last=None, **kw):
+        out = step(feats, *args, last=last, **kw)
+        seen.append((next(t for t, f in enumerate(split) if f is feats), None if last is None else id(last), id(out.last)))
+        return out
+
+    from vos.train.cycles import CycleGraph, split_features
+
+    batch = _batch(cfg)
+    split = split_features(model, batch["images"])
+    model.step = spy
+    g = CycleGraph(model, split, batch["masks"], batch["valid"], detach_masks=False)
+    for path in cycle_paths(3, True):  # [0]->1, [0,1]->2, 2->1, [2,1]->0 among them
+        g.logits(path)
+    last_of = {out: t for t, _, out in seen}
+    reads = [(t, last_of.get(last)) for t, last, _ in seen]
+    # 0 (given), [0]->0 (none), [0]->1 (frame 0), [0]->1->0 (frame 1), [0,1]->2 (1), 2->1 (2), [2,1]->0 (1)
+    assert reads == [(0, None), (0, None), (1, 0), (0, 1), (2, 1), (1, 2), (0, 1)], reads
+
+
 def test_mixture_weights_must_sum_to_one(tmp_path):
     cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, weight: 0.5}, {kind: synthetic, weight: 0.4}]")
     with pytest.raises(VosError, match="sum to 1"):
