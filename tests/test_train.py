@@ -444,6 +444,14 @@ def test_learning_rate_schedule(tmp_path):
     for _ in range(3):
         t.train_step([batch])
     assert t.sched.get_last_lr()[0] == pytest.approx(1e-3 * 0.4)
+    # the short-term path has its own peak lr (optim.short_term_lr), on the same schedule
+    t = Trainer(cfg_for(tmp_path, "optim.steps=110", "optim.warmup=10", "optim.lr=1e-3", "model.short_term.radius=2",
+                        "optim.short_term_lr=1e-2"))
+    path = {id(p) for p in t.model.short_term.parameters()}
+    assert [all(id(p) in path for p in g["params"]) for g in t.opt.param_groups] == [False, True]
+    assert len(t.opt.param_groups[1]["params"]) == len(path)
+    t.train_step([_batch(t.cfg)])
+    assert t.sched.get_last_lr() == pytest.approx([1e-3 * 0.2, 1e-2 * 0.2])
 
 
 def test_dense_and_sparse_clips_are_augmented_alike(tmp_path):

@@ -123,7 +123,11 @@ class Trainer:
             self.cycle = torch.nn.parallel.DistributedDataParallel(
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        path = {id(p) for p in self.model.short_term.parameters()} if self.model.short_term else set()
+        groups = [{"params": [p for p in self.params if id(p) not in path]},
+                  {"params": [p for p in self.params if id(p) in path], "lr": cfg.optim.short_term_lr or cfg.optim.lr}]
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr,
+                                     weight_decay=cfg.optim.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         self.amp_dtype = amp_dtype(self.device, cfg.optim.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
