@@ -21,6 +21,7 @@ The same step runs in training (the previous node of a cycle) and inference (the
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -44,12 +45,20 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, radius: i
     Dense attention with the far pixels masked out: at stride 16 the maps are small (18 x 32 at 288 x 512), and two
     batched matrix products are ~10x faster on the CPU than gathering each pixel's window (unfold)."""
     B, Ck, h, w = q.shape
-    ys = torch.arange(h, device=q.device).repeat_interleave(w)
-    xs = torch.arange(w, device=q.device).repeat(h)
-    far = ((ys[:, None] - ys[None]).abs() > radius) | ((xs[:, None] - xs[None]).abs() > radius)
+    far = _far(h, w, radius, q.device)
     a = torch.bmm(q.flatten(2).transpose(1, 2), k.flatten(2)).float() / math.sqrt(Ck)  # (B, hw, hw)
     a = a.masked_fill(far, NEG).softmax(-1).to(v.dtype)
     return torch.bmm(v.flatten(2), a.transpose(1, 2)).view(B, v.shape[1], h, w)
+
+
+@functools.lru_cache(maxsize=8)
+def _far(h: int, w: int, radius: int, device: torch.device) -> torch.Tensor:
+    """(hw, hw) bool: pixel pairs more than `radius` apart in either direction. Cached: every frame of a video asks
+    for the same one. A normal tensor even when first asked for under inference_mode: training may reuse it."""
+    with torch.inference_mode(False):
+        ys = torch.arange(h, device=device).repeat_interleave(w)
+        xs = torch.arange(w, device=device).repeat(h)
+        return ((ys[:, None] - ys[None]).abs() > radius) | ((xs[:, None] - xs[None]).abs() > radius)
 
 
 class ShortTermPath(nn.Module):
