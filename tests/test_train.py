@@ -532,3 +532,50 @@ def test_a_clip_without_a_mask_at_a_frame_adds_nothing_to_that_frames_loss(tmp_p
         _, first, _ = cyc({k: v[:1] for k, v in batch.items()}, 0)
     assert both["0>1"] == pytest.approx(first["0>1"].item(), rel=1e-5)  # frame 1 is known only in clip 0
     assert both["0>0"] != pytest.approx(first["0>0"].item(), rel=1e-3)  # frame 0 is known in both
+
+
+def test_crossing_moves_pasted_objects_over_a_clip_object_and_past_it():
+    import numpy as np
+
+    from vos.data.augment import AUGMENT
+    from vos.data.clips import _cross, make_sample
+    from vos.data.sources import Annotated
+
+    h = w = 96
+    sq = np.zeros((h, w), np.uint8)
+    sq[10:20, 10:20] = 3  # a pasted object, id 3, centred at (14.5, 14.5) on every frame
+    target = np.zeros((h, w), bool)
+    target[40:50, 30:40] = True  # the clip object on frame 1, centre (34.5, 44.5) (x, y)
+    imgs = [np.dstack([sq * 80] * 3) for _ in range(3)]
+    _, masks, keep = _cross(imgs, [sq] * 3, [sq > 0] * 3, target)
+    centres = [np.argwhere(m == 3).mean(0) for m in masks]  # (y, x)
+    assert np.allclose(centres[0], [14.5, 14.5]) and np.allclose(centres[1], [44.5, 34.5])
+    assert np.allclose(centres[2], [74.5, 54.5])  # as far past it: a straight line
+    assert all((k == (m == 3)).all() for k, m in zip(keep, masks))
+    _, masks, _ = _cross(imgs, [sq] * 3, [sq > 0] * 3, np.roll(target, 50, 1))
+    assert (masks[2] == 3).sum() < 100  # moved out of the frame: cut, partly or wholly
+
+    assert AUGMENT["merge"].crossing == 0 and AUGMENT["merge_crossing"].crossing > 0
+
+    def unit(channel, box):
+        img, mask = np.zeros((96, 128, 3), np.uint8), np.zeros((96, 128), np.uint8)
+        img[..., channel] = 60
+        y0, y1, x0, x1 = box
+        img[y0:y1, x0:x1, channel] = 250
+        mask[y0:y1, x0:x1] = 1
+        return Annotated(1, lambda t: img, lambda t: mask, 0, True)
+
+    red, blue = unit(0, (36, 60, 50, 78)), unit(2, (30, 70, 40, 90))  # a small clip object: far to cross
+    travel = {}
+    for row in ("merge", "merge_crossing"):
+        moved = []
+        for seed in range(30):
+            s = make_sample(red, "merge", (64, 64), 3, 12, seed=seed, background=blue, aug=AUGMENT[row])
+            assert not ((s["masks"] > 0).sum(1) > 1).any()
+            img = s["images"] * 255
+            blue_px = img[:, 2] > img[:, 0] + 40
+            if blue_px[0].sum() > 30 and blue_px[1].sum() > 30:
+                c = [np.argwhere(b.numpy()).mean(0) for b in blue_px[:2]]
+                moved.append(np.hypot(*(c[1] - c[0])))
+        travel[row] = np.mean(moved)
+    assert travel["merge_crossing"] > travel["merge"] + 3  # pasted objects travel further on frame 1

@@ -20,6 +20,9 @@ class Augment:
     warp: float  # homography strength on frames 1 and 2
     colour: bool  # colour jitter on frames 1 and 2
     background_warp: float = 0.3  # composite: strength of the pasted-onto background's motion on frames 1, 2
+    # merge: chance that the pasted objects cross one of the clip's objects: over it on frame 1, as far past it on
+    # frame 2 (crossing paths, the occluded object coming back, pasted objects leaving the frame)
+    crossing: float = 0.0
 
 
 # Static pseudo-clips need strong warps and colour changes to imitate motion; real video frames (sparse, dense)
@@ -29,6 +32,7 @@ AUGMENT = {
     "static": Augment(warp0=0.3, warp=1.0, colour=True),
     "composite": Augment(warp0=0.3, warp=1.0, colour=True),
     "merge": Augment(warp0=0.3, warp=1.0, colour=True),
+    "merge_crossing": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.5),
     "sparse": Augment(warp0=0.3, warp=0.3, colour=False),
     "dense": Augment(warp0=0.3, warp=0.3, colour=False),
 }

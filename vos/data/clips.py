@@ -77,17 +77,21 @@ def _big_objects(mask: np.ndarray) -> list[int]:
     return [int(i) for i, c in zip(ids, counts) if i not in (0, VOID) and c >= MIN_AREA]
 
 
-def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_objects: int, copy: bool):
+def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_objects: int, copy: bool,
+           crossing: float = 0.0):
     """Paste 1-2 objects of a partner clip over a clip (Cutie/STCN's "merge two clips"): they move on their own,
     occlude the clip's objects, and are either more objects to track or, with probability DISTRACTOR_P (always
     when `copy`: the partner is the same image, so the pasted object is a look-alike), unlabelled distractors
-    the model must leave as background. Partner ids are shifted by PARTNER_ID so they never collide."""
+    the model must leave as background. Partner ids are shifted by PARTNER_ID so they never collide. With probability
+    `crossing` (Augment.crossing) the pasted objects cross one of the clip's objects (see `_cross`)."""
     p_imgs, p_masks, p_objs = partner
     if not p_objs:
         return imgs, masks, objs
     p_imgs, p_masks = _shrink(p_imgs, p_masks, rng)
     p_objs = [int(o) for o in rng.permutation(p_objs)[: int(rng.integers(1, 3))]]
     keep = [np.isin(m, p_objs) for m in p_masks]
+    if crossing and objs and keep[0].any() and rng.random() < crossing:
+        p_imgs, p_masks, keep = _cross(p_imgs, p_masks, keep, masks[1] == objs[int(rng.integers(len(objs)))])
     imgs = [paste(pi, k, i) for pi, k, i in zip(p_imgs, keep, imgs)]
     masks = [np.where(k, pm.astype(np.int32) + PARTNER_ID, m).astype(np.int32) for m, pm, k in zip(masks, p_masks, keep)]
     visible = _big_objects(masks[0])
@@ -97,6 +101,25 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
         return imgs, masks, objs
     extra = [o + PARTNER_ID for o in p_objs if o + PARTNER_ID in visible]
     return imgs, masks, objs[: max(1, max_objects - len(extra))] + extra
+
+
+def _cross(p_imgs, p_masks, keep, target: np.ndarray):
+    """Move the pasted objects (`keep`, per frame) in a straight line across `target` (a mask on frame 1): by d on
+    frame 1, where d takes their frame-0 centre to the target's, and by 2d on frame 2. What moves out of the
+    frame is cut: a pasted object may leave."""
+    h, w = target.shape
+    if not target.any():
+        return p_imgs, p_masks, keep
+    ys, xs = np.nonzero(keep[0])
+    ty, tx = np.nonzero(target)
+    d = np.array([tx.mean() - xs.mean(), ty.mean() - ys.mean()])
+    out = [], [], []
+    for t, (i, m, k) in enumerate(zip(p_imgs, p_masks, keep)):
+        A = np.array([[1.0, 0, t * d[0]], [0, 1.0, t * d[1]]])
+        out[0].append(cv2.warpAffine(i, A, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
+        out[1].append(cv2.warpAffine(m.astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST, borderValue=0))
+        out[2].append(cv2.warpAffine(k.astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0)
+    return out
 
 
 def _shrink(imgs, masks, rng: np.random.Generator, scale=(0.35, 0.8)):
@@ -143,7 +166,7 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
     if regime == "merge":
         copy = bool(rng.random() < COPY_P)
         partner = _frames_of(unit if copy else background, "merge", size, max_gap, rng, aug)
-        imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy)
+        imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy, aug.crossing)
     else:
         rng.shuffle(objs)
     objs = objs[:max_objects]
