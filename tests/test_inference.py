@@ -138,33 +138,6 @@ def test_frames_before_a_new_object_lose_their_background_descriptors():
     assert valid1 is None
 
 
-def test_an_object_absent_at_a_frame_is_not_decoded_from_that_frame(ckpt):
-    """skip_absent: an object's row of a frame where it held no pixel is not read (its descriptor there was encoded
-    from a near-empty mask, i.e. from whatever scored highest); the other rows of that frame are."""
-    from vos.inference.memory import DescriptorMemory
-
-    for skip in (True, False):
-        mem = DescriptorMemory(num_bg=1, window=3, skip_absent=skip)
-        mem.add(torch.zeros(3, 4), frame=0, given=torch.tensor([True, True]))
-        mem.add(torch.ones(3, 4), frame=1, present=torch.tensor([True, False]))  # object 2 has left
-        _, valid = mem.read(2)
-        assert valid[0, 1].tolist() == [True, True, not skip]
-        assert valid[0, 0].all()  # the anchor keeps object 2
-
-    # in the Tracker: an object given with an empty mask holds no pixel, so with no other frame of it in memory
-    # (anchor_first off) nothing decodes it on the next frame; without skip_absent its empty-mask descriptor does
-    model = load_models(ckpt, torch.device("cpu"))
-    mask = np.zeros((64, 64), np.float32)
-    mask[20:40, 20:40] = 1
-    frames = [np.random.default_rng(t).integers(0, 255, (64, 64, 3), dtype=np.uint8) for t in range(2)]
-    got = {}
-    for skip in (True, False):
-        tr = Tracker(model, window=3, anchor_first=False, locality=0, skip_absent=skip)
-        tr.step(frames[0], {1: mask, 2: np.zeros_like(mask)})
-        got[skip] = tr.step(frames[1])[1][2].max().item()
-    assert got[True] < 1e-3 < got[False]
-
-
 def test_an_anchor_keeps_only_what_was_given_there():
     """Frames where masks were given stay in memory for the whole video, but only for the given objects (and
     the background): the other objects' rows there are predictions and leave with the recent window."""

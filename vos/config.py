@@ -156,9 +156,6 @@ class AdaptConfig:
 class InferConfig:
     window: int = bounded(7, min=1)  # W: past frames whose descriptors the decoder attends to
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
-    # an object's descriptors of a frame where it holds no pixel (no probability > 0.5) are not attended to: encoded
-    # from a near-empty soft mask they describe whatever scored highest, often another object (vos.inference.memory)
-    skip_absent: bool = True
     # locality rule (vos.inference.locality): each object stays within this fraction of the frame's longer side of
     # where it was in the last frame (its probability x locality_floor beyond), so look-alikes far away do not
     # take it over; 0 = off

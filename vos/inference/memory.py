@@ -4,12 +4,6 @@ It holds the descriptors of the last `window` processed frames and, with `keep_a
 frame where masks were given (the anchors), so it never grows with the video's length. An anchor is kept for
 what was GIVEN there: once it leaves the recent window, only its background and the objects given at that frame
 stay; the other objects' rows there are predictions, no better than any other frame's, and age out with them.
-
-With `skip_absent`, an object's row of a frame where it was absent (it held no pixel) is not read: soft-masked
-attention normalises over the mask, so a descriptor encoded from a near-empty mask describes whatever pixels
-scored highest, often another object, and the decoder's max over frames would paint that object with this id
-(an object that leaves the frame and comes back). While it is away it is decoded from the frames where it was
-there (its anchor, and recent frames until they age out).
 """
 
 from __future__ import annotations
@@ -28,8 +22,8 @@ class Entry:
 
 
 class DescriptorMemory:
-    def __init__(self, num_bg: int, window: int = 7, keep_anchors: bool = True, skip_absent: bool = True):
-        self.num_bg, self.keep_anchors, self.skip_absent = num_bg, keep_anchors, skip_absent
+    def __init__(self, num_bg: int, window: int = 7, keep_anchors: bool = True):
+        self.num_bg, self.keep_anchors = num_bg, keep_anchors
         self.recent: deque[Entry] = deque(maxlen=window)
         self.anchors: list[Entry] = []
 
@@ -42,12 +36,10 @@ class DescriptorMemory:
         recent = {e.frame for e in self.recent}
         return [a for a in self.anchors if a.frame not in recent] + list(self.recent)
 
-    def add(self, desc: torch.Tensor, frame: int, given: torch.Tensor | None = None,
-            present: torch.Tensor | None = None) -> None:
+    def add(self, desc: torch.Tensor, frame: int, given: torch.Tensor | None = None) -> None:
         """Store a frame's descriptors. given: (n,) bool, the objects whose masks were given at this frame (None:
-        none); such a frame becomes an anchor for those objects. present: (n,) bool on the descriptors' device,
-        the objects that held a pixel at this frame (None: all); with skip_absent the others' rows are not read."""
-        self.recent.append(Entry(desc, frame, present if self.skip_absent else None))
+        none); such a frame becomes an anchor for those objects."""
+        self.recent.append(Entry(desc, frame))
         if given is not None and self.keep_anchors:
             self.anchors.append(Entry(desc, frame, given.to(desc.device)))
 

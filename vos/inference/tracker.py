@@ -41,7 +41,7 @@ class Tracker:
         set (None: not adapted). `use_adapted` sets them.
       objects: the tracked objects (`objects.ids`: channel k + 1 of the probabilities <-> objects.ids[k]).
       memories: one DescriptorMemory per model in use: descriptors of recent frames and of frames where masks
-        were given; with skip_absent, an object's rows of frames where it held no pixel are not read.
+        were given.
       lasts: per model in use, the last frame's `StepOutput.last` (its keys and final masks, for the model's
         short-term path; None for a model without one, and before the first frame).
       locality: the locality rule (LocalityPrior; radius 0 = off).
@@ -53,8 +53,7 @@ class Tracker:
 
     def __init__(self, models: Sequence[HODOR], window: int = InferConfig.window,
                  anchor_first: bool = InferConfig.anchor_first, locality: float = InferConfig.locality,
-                 locality_floor: float = InferConfig.locality_floor, dtype: torch.dtype | None = None,
-                 skip_absent: bool = InferConfig.skip_absent):
+                 locality_floor: float = InferConfig.locality_floor, dtype: torch.dtype | None = None):
         if not models:
             raise ValueError("a Tracker needs at least one model")
         if len({m.num_bg for m in models}) > 1:
@@ -62,14 +61,14 @@ class Tracker:
         self.models = [m.eval() for m in models]
         self.adapted: list[HODOR] | None = None
         self.device = next(models[0].parameters()).device
-        self.window, self.anchor_first, self.dtype, self.skip_absent = window, anchor_first, dtype, skip_absent
+        self.window, self.anchor_first, self.dtype = window, anchor_first, dtype
         self.locality = LocalityPrior(locality, locality_floor)
         self.reset()
 
     @classmethod
     def from_config(cls, models: Sequence[HODOR], cfg, dtype: torch.dtype | None = None) -> "Tracker":
         """cfg: an InferConfig."""
-        return cls(models, cfg.window, cfg.anchor_first, cfg.locality, cfg.locality_floor, dtype, cfg.skip_absent)
+        return cls(models, cfg.window, cfg.anchor_first, cfg.locality, cfg.locality_floor, dtype)
 
     @property
     def active(self) -> list[HODOR]:
@@ -87,8 +86,7 @@ class Tracker:
     def reset(self) -> None:
         """Forget the objects, the memories and the last frame (a new pass over a video); keep the models."""
         self.objects = ObjectManager()
-        self.memories = [DescriptorMemory(m.num_bg, self.window, self.anchor_first, self.skip_absent)
-                         for m in self.active]
+        self.memories = [DescriptorMemory(m.num_bg, self.window, self.anchor_first) for m in self.active]
         self.lasts: list = [None] * len(self.active)
         self.locality.reset()
         self.frame_index = 0
@@ -152,10 +150,9 @@ class Tracker:
             probs = torch.stack([p for _, p in decoded]).mean(0) if len(models) > 1 else decoded[0][1]
             probs = self.locality(probs, ids)
             committed = [m.commit(f, probs, given, given_valid) for m, f in zip(models, feats)]
-        probs = committed[0][0]
-        present = probs[0, 1:].flatten(1).amax(1) > 0.5  # on the device: no host sync
         for mem, (_, desc) in zip(self.memories, committed):
-            mem.add(desc[0], self.frame_index, given_rows, present)
+            mem.add(desc[0], self.frame_index, given_rows)
+        probs = committed[0][0]
         self.lasts = [m.remember(f, probs) for m, f in zip(models, feats)]
         self.locality.update(probs, ids)
         self.last = StepOutput(decoded[0][0] if len(models) == 1 else None, probs, committed[0][1])
