@@ -485,21 +485,24 @@ def test_per_object_scores_show_a_collapse_onto_one_id():
     assert dice[1] / count[1] > 0.9 and dice[0] / count[0] < 0.5
 
 
+def _one_colour_unit(channel: int, box: tuple[int, int, int, int]):
+    """An annotated image: a bright box (y0, y1, x0, x1) of one colour channel on a dark field of it, as object 1."""
+    from vos.data.sources import Annotated
+
+    img, mask = np.zeros((96, 128, 3), np.uint8), np.zeros((96, 128), np.uint8)
+    img[..., channel] = 60
+    y0, y1, x0, x1 = box
+    img[y0:y1, x0:x1, channel] = 250
+    mask[y0:y1, x0:x1] = 1
+    return Annotated(1, lambda t: img, lambda t: mask, 0, True)
+
+
 def test_merge_regime_pastes_partner_objects_as_objects_or_distractors():
     import numpy as np
 
     from vos.data.clips import make_sample
-    from vos.data.sources import Annotated
 
-    def unit(channel, box):
-        img, mask = np.zeros((96, 128, 3), np.uint8), np.zeros((96, 128), np.uint8)
-        img[..., channel] = 60
-        y0, y1, x0, x1 = box
-        img[y0:y1, x0:x1, channel] = 250
-        mask[y0:y1, x0:x1] = 1
-        return Annotated(1, lambda t: img, lambda t: mask, 0, True)
-
-    red, blue = unit(0, (20, 80, 20, 100)), unit(2, (30, 70, 40, 90))
+    red, blue = _one_colour_unit(0, (20, 80, 20, 100)), _one_colour_unit(2, (30, 70, 40, 90))
     labelled = distractor = 0
     for seed in range(40):
         s = make_sample(red, "merge", (64, 64), 3, 12, seed=seed, background=blue)
@@ -535,11 +538,8 @@ def test_a_clip_without_a_mask_at_a_frame_adds_nothing_to_that_frames_loss(tmp_p
 
 
 def test_crossing_moves_pasted_objects_over_a_clip_object_and_past_it():
-    import numpy as np
-
     from vos.data.augment import AUGMENT
     from vos.data.clips import _cross, make_sample
-    from vos.data.sources import Annotated
 
     h = w = 96
     sq = np.zeros((h, w), np.uint8)
@@ -557,15 +557,7 @@ def test_crossing_moves_pasted_objects_over_a_clip_object_and_past_it():
 
     assert AUGMENT["merge"].crossing == 0 and AUGMENT["merge_crossing"].crossing > 0
 
-    def unit(channel, box):
-        img, mask = np.zeros((96, 128, 3), np.uint8), np.zeros((96, 128), np.uint8)
-        img[..., channel] = 60
-        y0, y1, x0, x1 = box
-        img[y0:y1, x0:x1, channel] = 250
-        mask[y0:y1, x0:x1] = 1
-        return Annotated(1, lambda t: img, lambda t: mask, 0, True)
-
-    red, blue = unit(0, (36, 60, 50, 78)), unit(2, (30, 70, 40, 90))  # a small clip object: far to cross
+    red, blue = _one_colour_unit(0, (36, 60, 50, 78)), _one_colour_unit(2, (30, 70, 40, 90))  # a small clip object: far to cross
     travel = {}
     for row in ("merge", "merge_crossing"):
         moved = []
