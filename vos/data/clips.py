@@ -91,7 +91,8 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
     p_objs = [int(o) for o in rng.permutation(p_objs)[: int(rng.integers(1, 3))]]
     keep = [np.isin(m, p_objs) for m in p_masks]
     if crossing and objs and keep[0].any() and rng.random() < crossing:
-        p_imgs, p_masks, keep = _cross(p_imgs, p_masks, keep, masks[1] == objs[int(rng.integers(len(objs)))])
+        p_imgs, p_masks = _cross(p_imgs, p_masks, keep[0], masks[1] == objs[int(rng.integers(len(objs)))])
+        keep = [np.isin(m, p_objs) for m in p_masks]
     imgs = [paste(pi, k, i) for pi, k, i in zip(p_imgs, keep, imgs)]
     masks = [np.where(k, pm.astype(np.int32) + PARTNER_ID, m).astype(np.int32) for m, pm, k in zip(masks, p_masks, keep)]
     visible = _big_objects(masks[0])
@@ -103,23 +104,25 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
     return imgs, masks, objs[: max(1, max_objects - len(extra))] + extra
 
 
-def _cross(p_imgs, p_masks, keep, target: np.ndarray):
-    """Move the pasted objects (`keep`, per frame) in a straight line across `target` (a mask on frame 1): by d on
-    frame 1, where d takes their frame-0 centre to the target's, and by 2d on frame 2. What moves out of the
-    frame is cut: a pasted object may leave."""
-    h, w = target.shape
+def _cross(p_imgs, p_masks, keep0: np.ndarray, target: np.ndarray):
+    """Move the pasted objects (`keep0`: their pixels on frame 0) in a straight line across `target` (a mask on
+    frame 1): by d on frame 1, where d takes their frame-0 centre to the target's, and by 2d on frame 2. What moves
+    out of the frame is cut: a pasted object may leave."""
     if not target.any():
-        return p_imgs, p_masks, keep
-    ys, xs = np.nonzero(keep[0])
+        return p_imgs, p_masks
+    ys, xs = np.nonzero(keep0)
     ty, tx = np.nonzero(target)
     d = np.array([tx.mean() - xs.mean(), ty.mean() - ys.mean()])
-    out = [], [], []
-    for t, (i, m, k) in enumerate(zip(p_imgs, p_masks, keep)):
-        A = np.array([[1.0, 0, t * d[0]], [0, 1.0, t * d[1]]])
-        out[0].append(cv2.warpAffine(i, A, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
-        out[1].append(cv2.warpAffine(m.astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST, borderValue=0))
-        out[2].append(cv2.warpAffine(k.astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0)
-    return out
+    moved = [_affine([i], [m], np.array([[1.0, 0, t * d[0]], [0, 1.0, t * d[1]]]))
+             for t, (i, m) in enumerate(zip(p_imgs, p_masks))]
+    return [i[0] for i, _ in moved], [m[0] for _, m in moved]
+
+
+def _affine(imgs, masks, A: np.ndarray):
+    """Warp images (bilinear, reflected border) and id masks (nearest, border 0) by the 2x3 affine A."""
+    h, w = masks[0].shape
+    return ([cv2.warpAffine(i, A, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for i in imgs],
+            [cv2.warpAffine(m.astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) for m in masks])
 
 
 def _shrink(imgs, masks, rng: np.random.Generator, scale=(0.35, 0.8)):
@@ -128,10 +131,7 @@ def _shrink(imgs, masks, rng: np.random.Generator, scale=(0.35, 0.8)):
     h, w = masks[0].shape
     f = rng.uniform(*scale)
     cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
-    A = np.array([[f, 0, cx * (1 - f)], [0, f, cy * (1 - f)]])
-    imgs = [cv2.warpAffine(i, A, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for i in imgs]
-    masks = [cv2.warpAffine(m.astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) for m in masks]
-    return imgs, masks
+    return _affine(imgs, masks, np.array([[f, 0, cx * (1 - f)], [0, f, cy * (1 - f)]]))
 
 
 def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects: int, max_gap: int,
