@@ -30,7 +30,7 @@ def cfg_for(tmp_path, *extra):
 def test_cycles_are_computed_once_per_path():
     names = [name_of(p) for p in cycle_paths(1, True)]
     assert names == ["0>0", "0>1>0", "0>1", "0>1>2", "0>1>2>1", "0>1>2>1>0"]
-    assert "[0,0>1]>2" in [name_of(p) for p in cycle_paths(3, True)]
+    assert "0>1~>2" in [name_of(p) for p in cycle_paths(3, True)]  # frame 2 from [0, 0>1]
     assert len(cycle_paths(1, False)) == 3
 
 
@@ -67,7 +67,7 @@ def test_mixture_weights_must_sum_to_one(tmp_path):
 
 
 def _batch(cfg, step=0):
-    ds = ClipDataset(cfg.data.sources, cfg.data.size, cfg.data.max_objects)
+    ds = ClipDataset(cfg.data.sources, cfg.data.size, cfg.data.max_objects, clip_len=cfg.data.clip_len)
     items = [ds[k] for k in next(iter(MixtureSampler(ds, 2, 0, 0, step, step + 1)))]
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
@@ -570,3 +570,84 @@ def test_crossing_moves_pasted_objects_over_a_clip_object_and_past_it():
                 moved.append(np.hypot(*(c[1] - c[0])))
         travel[row] = np.mean(moved)
     assert travel["merge_crossing"] > travel["merge"] + 3  # pasted objects travel further on frame 1
+
+
+def test_long_clips_run_forward_then_back_with_a_window_of_recent_frames():
+    from vos.train.cycles import GT, WINDOW, chain_paths, frame_of
+
+    paths = chain_paths(5)
+    assert [name_of(p) for p in paths] == ["0>0", "0>1", "0>1~>2", "0>1~>2~>3", "0>1~>2~>3~>4", "0>1~>2~>3~>4>3",
+                                           "0>1~>2~>3~>4>3~>2", "0>1~>2~>3~>4>3~>2~>1", "0>1~>2~>3~>4>3~>2~>1~>0"]
+    forward, backward = paths[1:5], paths[5:]
+    for t, (sources, target) in enumerate(forward, 1):  # as inference: the given frame, then frames 1..t-1 in order
+        assert target == t and [frame_of(s) for s in sources] == list(range(t))
+    for (sources, target) in backward:  # the cycle: frame 0's mask is not read on the way back
+        assert GT not in sources and frame_of(sources[-1]) == target + 1
+    assert cycle_paths(0, True, 5) == paths and cycle_paths(0, True, 3) == cycle_paths(0, True)
+    long = chain_paths(WINDOW + 4)
+    assert max(len(p[0]) for p in long) == WINDOW + 1  # the given frame + WINDOW recent ones, as InferConfig.window
+    assert long[-1][1] == 0
+
+
+def test_long_clips_train_through_the_chain(tmp_path):
+    """A 5-frame clip: every frame with a mask is supervised on the way out and back; a sparse clip (frame 0 only)
+    still gets the cycle's loss at frame 0, with gradients reaching frame 4's predicted masks."""
+    cfg = cfg_for(tmp_path, "data.clip_len=5")
+    torch.manual_seed(0)
+    model = HODOR(cfg.model)
+    batch = _batch(cfg)
+    assert batch["images"].shape[1] == 5 and batch["masks"].shape[1] == 5
+    loss, parts, _ = CycleModel(model, False, True)(batch, 0)
+    assert len(parts) == 9 and torch.isfinite(loss)
+    batch["has_mask"][:, 1:] = False
+    seen, encode = [], model.encode
+
+    def spy(feats, masks, valid=None):
+        if masks.requires_grad:
+            masks.retain_grad()
+        seen.append(masks)
+        return encode(feats, masks, valid)
+
+    model.encode = spy
+    loss, parts, _ = CycleModel(model, False, True)(batch, 0)
+    assert set(parts) == {"0>0", "0>1~>2~>3~>4>3~>2~>1~>0"}
+    loss.backward()
+    assert seen[4].grad is not None and seen[4].grad.abs().sum() > 0  # frame 4 (the turn), through the way back
+
+
+def test_sparse_long_clips_need_enough_frames_in_reach():
+    from vos.data.clips import make_sample
+
+    unit = _one_colour_unit(0, (20, 40, 20, 40))
+    video = type(unit)(8, unit.load_frame, unit.load_mask, 0, False)
+    s = make_sample(video, "sparse", (64, 64), 1, 12, seed=0, clip_len=6)
+    assert s["images"].shape[0] == 6 and s["has_mask"].tolist() == [True] + [False] * 5
+    with pytest.raises(VosError, match="clip_len=6, max_gap=3"):
+        make_sample(video, "sparse", (64, 64), 1, 3, seed=0, clip_len=6)
+
+
+def test_pasted_objects_leave_the_frame_and_come_back():
+    from vos.data.augment import AUGMENT
+    from vos.data.clips import _leave_and_return, make_sample
+
+    h = w = 96
+    sq = np.zeros((h, w), np.uint8)
+    sq[40:55, 10:25] = 3  # nearest to the left edge
+    imgs = [np.dstack([sq * 80] * 3) for _ in range(6)]
+    _, masks = _leave_and_return(imgs, [sq] * 6, sq > 0, np.random.default_rng(0))
+    area = [int((m == 3).sum()) for m in masks]
+    assert area[0] == area[5] == 225 and area[2] == area[3] == 0  # in, out for the middle frames, back
+    centres = [np.argwhere(m == 3).mean(0) for m in masks[:2]]
+    assert area[1] > 0 and area[4] > 0 and np.hypot(*(centres[1] - centres[0])) > 10  # on its way out, and back
+
+    assert AUGMENT["merge_leave"].leave > 0
+    red, blue = _one_colour_unit(0, (20, 80, 20, 100)), _one_colour_unit(2, (30, 70, 40, 90))
+    left = 0
+    for seed in range(30):
+        s = make_sample(red, "merge", (64, 64), 3, 12, seed=seed, background=blue, aug=AUGMENT["merge_leave"],
+                        clip_len=6)
+        m = s["masks"] > 0
+        assert s["images"].shape[0] == 6 and not (m.sum(1) > 1).any()
+        if s["valid"][1] and m[0, 1].sum() > 20 and m[5, 1].sum() > 20 and not m[2:4, 1].any():
+            left += 1  # a labelled pasted object gone in the middle frames, there at both ends
+    assert left >= 3

@@ -201,6 +201,9 @@ class DataConfig:
     sources: list[DataSource] = field(default_factory=lambda: [DataSource()])
     size: list[int] = field(default_factory=lambda: [192, 192])  # training crop (H, W)
     max_objects: int = bounded(3, min=1)
+    # frames per training clip: 3 = HODOR's cycles (vos.train.cycles.cycle_paths); more = inference's own chain,
+    # forward and back, with the given frame and a window of recent frames in memory (chain_paths)
+    clip_len: int = bounded(3, min=3)
     workers: int = bounded(0, min=0)
 
 

@@ -1,7 +1,7 @@
 """Augmentation of training clips: one explicit row per regime, so regimes can be compared at equal strength.
 
 Each clip frame gets a random homography (rotation, scale, shear, shift, mild perspective) of a given
-strength; frames 1 and 2 may also get colour jitter. Frame 0 is the annotated reference.
+strength; the other frames may also get colour jitter. Frame 0 is the annotated reference.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from vos.utils import VosError
 @dataclass(frozen=True)
 class Augment:
     warp0: float  # homography strength on frame 0
-    warp: float  # homography strength on frames 1 and 2
-    colour: bool  # colour jitter on frames 1 and 2
-    background_warp: float = 0.3  # composite: strength of the pasted-onto background's motion on frames 1, 2
-    # merge: chance that the pasted objects cross one of the clip's objects: over it on frame 1, as far past it on
-    # frame 2 (crossing paths, the occluded object coming back, pasted objects leaving the frame)
+    warp: float  # homography strength on the other frames
+    colour: bool  # colour jitter on the other frames
+    background_warp: float = 0.3  # composite: strength of the pasted-onto background's motion on the other frames
+    # merge: chance that the pasted objects cross one of the clip's objects: over it on the middle frame, as far
+    # past it on the last (crossing paths, the occluded object coming back, pasted objects leaving the frame)
     crossing: float = 0.0
+    # merge, clips of 4+ frames: chance (when they do not cross) that the pasted objects leave the frame for the
+    # middle frames and come back
+    leave: float = 0.0
 
 
 # Static pseudo-clips need strong warps and colour changes to imitate motion; real video frames (sparse, dense)
@@ -33,6 +36,7 @@ AUGMENT = {
     "composite": Augment(warp0=0.3, warp=1.0, colour=True),
     "merge": Augment(warp0=0.3, warp=1.0, colour=True),
     "merge_crossing": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.5),
+    "merge_leave": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5),
     "sparse": Augment(warp0=0.3, warp=0.3, colour=False),
     "dense": Augment(warp0=0.3, warp=0.3, colour=False),
 }

@@ -1,13 +1,13 @@
-"""Training clips of 3 frames, frame 0 being the annotated reference.
+"""Training clips of `clip_len` frames (3 by default), frame 0 being the annotated reference.
 
 Regimes:
-- static: an annotated image + 2 augmented copies (crop, affine, perspective, colour jitter, flip); every
+- static: an annotated image + clip_len - 1 augmented copies (crop, affine, perspective, colour jitter, flip); every
   frame has a mask.
 - composite: like static, but the annotated objects are pasted onto a frame of another video of the same
   source and move independently of that background.
 - merge: a static clip with the objects of another annotated image of the source pasted over it, moving on
   their own: several objects, occlusion, and unlabelled look-alike distractors.
-- sparse: a video with ONE annotated frame; the other two frames come from a window on one side of it
+- sparse: a video with ONE annotated frame; the other frames come from a window on one side of it
   (the weakly-supervised regime: only frame 0 has a mask).
 - dense: like sparse, but every frame's mask is known (the fully supervised reference).
 
@@ -15,8 +15,8 @@ Augmentation per regime: the table in vos.data.augment. Data sources: the regist
 Every sample is a pure function of its key (source, index, seed), so a run resumes exactly; `MixtureSampler`
 derives the keys from (run seed, step, rank).
 
-A sample: images (3, 3, H, W) float in [0, 1]; masks (3, K, H, W) float one-hot of up to K objects;
-valid (K,) bool; has_mask (3,) bool.
+A sample of T = clip_len frames: images (T, 3, H, W) float in [0, 1]; masks (T, K, H, W) float one-hot of up to K
+objects; valid (K,) bool; has_mask (T,) bool; void (T, H, W) bool.
 """
 
 from __future__ import annotations
@@ -39,22 +39,23 @@ COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a lo
 VOID = 255  # id of pixels whose label is unknown (DAVIS-2017's void): ignored by the loss
 
 def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int, rng: np.random.Generator,
-               aug: Augment) -> tuple[list[np.ndarray], list[np.ndarray | None], list[int]]:
-    """The 3 warped frames of a clip from the unit's annotated frame, their id masks (None where not
+               aug: Augment, clip_len: int = 3) -> tuple[list[np.ndarray], list[np.ndarray | None], list[int]]:
+    """The clip_len warped frames of a clip from the unit's annotated frame, their id masks (None where not
     allowed) and the ids of the objects big enough on frame 0."""
     a = unit.annotated
     for _attempt in range(10):
         if regime in ("static", "composite", "merge"):
-            frames_idx = [a, a, a]
+            frames_idx = [a] * clip_len
         else:
             side = int(rng.choice([-1, 1]))
             lo, hi = (a + 1, min(unit.n_frames - 1, a + max_gap)) if side > 0 else (max(0, a - max_gap), a - 1)
             if hi < lo:  # nothing on that side: use the other
                 lo, hi = (max(0, a - max_gap), a - 1) if side > 0 else (a + 1, min(unit.n_frames - 1, a + max_gap))
-            if hi < lo + 1:
-                raise VosError("a sparse/dense clip needs at least 3 frames within max_gap of the annotated frame")
-            f1, f2 = sorted(rng.choice(np.arange(lo, hi + 1), 2, replace=False), reverse=bool(side < 0))
-            frames_idx = [a, int(f1), int(f2)]
+            if hi < lo + clip_len - 2:
+                raise VosError(f"a sparse/dense clip needs at least {clip_len} frames within max_gap of the annotated "
+                               f"frame (data.clip_len={clip_len}, max_gap={max_gap}; raise max_gap)")
+            others = sorted(rng.choice(np.arange(lo, hi + 1), clip_len - 1, replace=False), reverse=bool(side < 0))
+            frames_idx = [a, *map(int, others)]
         img0, mask0 = unit.load_frame(a), unit.load_mask(a)
         box = crop_box((mask0 > 0) & (mask0 != VOID), size, rng)
         flip = bool(rng.random() < 0.5)
@@ -78,12 +79,13 @@ def _big_objects(mask: np.ndarray) -> list[int]:
 
 
 def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_objects: int, copy: bool,
-           crossing: float = 0.0):
+           crossing: float = 0.0, leave: float = 0.0):
     """Paste 1-2 objects of a partner clip over a clip (Cutie/STCN's "merge two clips"): they move on their own,
     occlude the clip's objects, and are either more objects to track or, with probability DISTRACTOR_P (always
     when `copy`: the partner is the same image, so the pasted object is a look-alike), unlabelled distractors
     the model must leave as background. Partner ids are shifted by PARTNER_ID so they never collide. With probability
-    `crossing` (Augment.crossing) the pasted objects cross one of the clip's objects (see `_cross`)."""
+    `crossing` (Augment.crossing) the pasted objects cross one of the clip's objects (see `_cross`); otherwise, with
+    probability `leave` (Augment.leave), they leave the frame and come back (see `_leave_and_return`)."""
     p_imgs, p_masks, p_objs = partner
     if not p_objs:
         return imgs, masks, objs
@@ -91,7 +93,11 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
     p_objs = [int(o) for o in rng.permutation(p_objs)[: int(rng.integers(1, 3))]]
     keep = [np.isin(m, p_objs) for m in p_masks]
     if crossing and objs and keep[0].any() and rng.random() < crossing:
-        p_imgs, p_masks = _cross(p_imgs, p_masks, keep[0], masks[1] == objs[int(rng.integers(len(objs)))])
+        mid = len(masks) // 2
+        p_imgs, p_masks = _cross(p_imgs, p_masks, keep[0], masks[mid] == objs[int(rng.integers(len(objs)))])
+        keep = [np.isin(m, p_objs) for m in p_masks]
+    elif leave and len(masks) >= 4 and keep[0].any() and rng.random() < leave:
+        p_imgs, p_masks = _leave_and_return(p_imgs, p_masks, keep[0], rng)
         keep = [np.isin(m, p_objs) for m in p_masks]
     imgs = [paste(pi, k, i) for pi, k, i in zip(p_imgs, keep, imgs)]
     masks = [np.where(k, pm.astype(np.int32) + PARTNER_ID, m).astype(np.int32) for m, pm, k in zip(masks, p_masks, keep)]
@@ -106,15 +112,37 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
 
 def _cross(p_imgs, p_masks, keep0: np.ndarray, target: np.ndarray):
     """Move the pasted objects (`keep0`: their pixels on frame 0) in a straight line across `target` (a mask on
-    frame 1): by d on frame 1, where d takes their frame-0 centre to the target's, and by 2d on frame 2. What moves
-    out of the frame is cut: a pasted object may leave."""
+    the middle frame T // 2): by d on that frame, where d takes their frame-0 centre to the target's, and by
+    d * t / (T // 2) on frame t (3 frames: d, then 2d). What moves out of the frame is cut: a pasted object may
+    leave."""
     if not target.any():
         return p_imgs, p_masks
     ys, xs = np.nonzero(keep0)
     ty, tx = np.nonzero(target)
-    d = np.array([tx.mean() - xs.mean(), ty.mean() - ys.mean()])
-    moved = [_affine([i], [m], np.array([[1.0, 0, t * d[0]], [0, 1.0, t * d[1]]]))
-             for t, (i, m) in enumerate(zip(p_imgs, p_masks))]
+    d = np.array([tx.mean() - xs.mean(), ty.mean() - ys.mean()]) / (len(p_masks) // 2)
+    return _translate(p_imgs, p_masks, [t * d for t in range(len(p_masks))])
+
+
+def _leave_and_return(p_imgs, p_masks, keep0: np.ndarray, rng: np.random.Generator):
+    """Move the pasted objects (`keep0`: their pixels on frame 0) out of the frame across the edge nearest to them
+    and back: in on frame 0, partly out on the next, wholly out for the middle frames (at least one), partly back,
+    and back where they started on the last frame: what a tracker must survive when an object exits and re-enters
+    (its id must not move onto another object meanwhile, and it must be found again)."""
+    h, w = keep0.shape
+    ys, xs = np.nonzero(keep0)
+    # distance to push the objects' bounding box wholly out, towards each edge: left, right, up, down
+    out = {(-1, 0): xs.max() + 1, (1, 0): w - xs.min(), (0, -1): ys.max() + 1, (0, 1): h - ys.min()}
+    nearest = sorted(out, key=out.get)[: 2]  # of the two nearest edges, one at random
+    direction = nearest[int(rng.integers(len(nearest)))]
+    T = len(p_masks)
+    tri = 1 - np.abs(2 * np.arange(T) / (T - 1) - 1)  # 0 at both ends, 1 in the middle
+    shift = np.minimum(1.6 * tri, 1.15) * out[direction] * rng.uniform(1.0, 1.2)
+    return _translate(p_imgs, p_masks, [np.array(direction) * s for s in shift])
+
+
+def _translate(imgs, masks, offsets: list[np.ndarray]):
+    """Shift each frame's image and id mask by its (dx, dy) offset; what leaves the frame is cut."""
+    moved = [_affine([i], [m], np.array([[1.0, 0, d[0]], [0, 1.0, d[1]]])) for i, m, d in zip(imgs, masks, offsets)]
     return [i[0] for i, _ in moved], [m[0] for _, m in moved]
 
 
@@ -135,15 +163,16 @@ def _shrink(imgs, masks, rng: np.random.Generator, scale=(0.35, 0.8)):
 
 
 def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects: int, max_gap: int,
-                seed: int, background: Annotated | None = None, aug: Augment | None = None) -> dict[str, torch.Tensor]:
-    """One 3-frame training clip from the unit's annotated frame.
+                seed: int, background: Annotated | None = None, aug: Augment | None = None,
+                clip_len: int = 3) -> dict[str, torch.Tensor]:
+    """One training clip of clip_len frames from the unit's annotated frame.
 
     static: the annotated frame under three random warps and colour jitters. composite: the annotated
     objects cut out and pasted onto a frame of another video (`background`), object and background warped
     independently, so the object moves against its surroundings and the scene has new distractors.
     merge: a static clip with 1-2 objects of another annotated image (`background`, or the image itself) pasted
     over it from their own static clip: occlusion, several objects, look-alike distractors (see `_merge`).
-    sparse/dense: the annotated frame and two real frames within max_gap of it (masks only where allowed).
+    sparse/dense: the annotated frame and clip_len - 1 real frames within max_gap of it (masks only where allowed).
     Objects on frame 0 beyond max_objects stay unlabelled (background): more distractors. Pixels of id VOID
     (255) in a mask are "unknown": they come back as `void` (3, H, W) and the loss ignores them.
     """
@@ -157,21 +186,21 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
         bg_box = crop_box(np.zeros(bg_full.shape[:2], bool), size, rng)
         bg_flip = bool(rng.random() < 0.5)
         bg = [warp(bg_full, None, bg_box, size, random_homography(rng, *size, aug.background_warp * (k > 0)),
-                   bg_flip)[0] for k in range(3)]
-    imgs, masks, objs = _frames_of(unit, regime, size, max_gap, rng, aug)
+                   bg_flip)[0] for k in range(clip_len)]
+    imgs, masks, objs = _frames_of(unit, regime, size, max_gap, rng, aug, clip_len)
     if bg is not None:
         keep = [np.isin(m, objs) for m in masks]
         imgs = [paste(i, k, b) for i, k, b in zip(imgs, keep, bg)]
         masks = [np.where(k, m, 0).astype(np.uint8) for m, k in zip(masks, keep)]
     if regime == "merge":
         copy = bool(rng.random() < COPY_P)
-        partner = _frames_of(unit if copy else background, "merge", size, max_gap, rng, aug)
-        imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy, aug.crossing)
+        partner = _frames_of(unit if copy else background, "merge", size, max_gap, rng, aug, clip_len)
+        imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy, aug.crossing, aug.leave)
     else:
         rng.shuffle(objs)
     objs = objs[:max_objects]
     K = max_objects
-    onehot = np.zeros((3, K, *size), np.float32)
+    onehot = np.zeros((clip_len, K, *size), np.float32)
     has = np.array([m is not None for m in masks])
     for t, m in enumerate(masks):
         if m is not None:
@@ -188,7 +217,7 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
 class ClipDataset(torch.utils.data.Dataset):
     """All sources side by side; an item's key is (source, index within the source, seed), from MixtureSampler."""
 
-    def __init__(self, sources, size, max_objects: int, data_root: str = ""):
+    def __init__(self, sources, size, max_objects: int, data_root: str = "", clip_len: int = 3):
         total = sum(s.weight for s in sources)
         if abs(total - 1) > 1e-6:
             raise VosError(f"data.sources weights must sum to 1, they sum to {total:g}: "
@@ -202,7 +231,7 @@ class ClipDataset(torch.utils.data.Dataset):
         for s, u in zip(self.sources, self.units):
             if not u:
                 raise VosError(f"data source {s.kind} at '{s.root}' (split {s.split}) has no annotated samples")
-        self.size, self.max_objects = tuple(size), max_objects
+        self.size, self.max_objects, self.clip_len = tuple(size), max_objects, clip_len
 
     def __len__(self) -> int:
         return sum(len(u) for u in self.units)
@@ -214,7 +243,7 @@ class ClipDataset(torch.utils.data.Dataset):
         if s.regime in ("composite", "merge") and len(units) > 1:
             background = units[(idx + 1 + seed % (len(units) - 1)) % len(units)]  # any other sample
         return make_sample(units[idx], s.regime, self.size, self.max_objects, s.max_gap, seed, background,
-                           self.augs[src])
+                           self.augs[src], self.clip_len)
 
 
 class MixtureSampler(torch.utils.data.Sampler):

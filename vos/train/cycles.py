@@ -5,8 +5,12 @@ a prediction (sources, target): frame `target` decoded from the descriptors of t
 re-encoded on that frame from its predicted soft masks. Nodes are cached, so every forward step is computed
 once per iteration even when several cycles share it.
 
-Cycles: [0]->0 and [0]->1->0 every iteration; with long cycles, odd iterations add either
+Cycles of 3-frame clips: [0]->0 and [0]->1->0 every iteration; with long cycles, odd iterations add either
 [0]->1->2->1->0 or [0]->1, [0,1]->2, 2->1, [2,1]->0 (alternating).
+
+Clips of T > 3 frames run as inference does (`chain_paths`): forward, each frame decoded from the given frame's and
+the last WINDOW frames' descriptors, then backward from the last frame to frame 0 the same way (the cycle). Every
+frame with a mask is supervised on both passes; frame 0 always is, at the end of the backward pass.
 
 The last source of a node is the frame processed just before its target: with the short-term path
 (vos.model.short_term), its `StepOutput.last` is what the target reads, as the previous frame at inference (a node
@@ -22,6 +26,7 @@ from torch import nn
 from vos.model import Features, StepOutput, merged_logits, probs_to_labels
 
 GT = "0"
+WINDOW = 7  # recent frames a chain node reads, as InferConfig.window
 
 
 def node_frames(node) -> set[int]:
@@ -43,8 +48,10 @@ def sources_of(node) -> set:
     return set(node[0]).union(*(sources_of(s) for s in node[0]))
 
 
-def cycle_paths(iteration: int, long_cycles: bool) -> list[tuple]:
+def cycle_paths(iteration: int, long_cycles: bool, clip_len: int = 3) -> list[tuple]:
     """The (sources, target) decodes whose predictions are supervised this iteration."""
+    if clip_len > 3:
+        return chain_paths(clip_len)
     n1 = ((GT,), 1)
     paths = [((GT,), 0), ((n1,), 0), n1]
     if long_cycles and iteration % 2 == 1:
@@ -57,6 +64,19 @@ def cycle_paths(iteration: int, long_cycles: bool) -> list[tuple]:
             n1c = ((n2,), 1)
             paths += [n2, n1c, ((n2, n1c), 0)]
     return paths
+
+
+def chain_paths(clip_len: int) -> list[tuple]:
+    """[0]->0, then frames 1..T-1 in order, each from the given frame and the last WINDOW decoded frames (the
+    previous frame last: its short-term `last` is read), then frames T-2..0 in order from the last frame and those
+    decoded since (frame 0 is not in their memory: the backward pass is the cycle back to the annotated frame)."""
+    paths, forward = [((GT,), 0)], []
+    for t in range(1, clip_len):
+        forward.append(((GT, *forward[-WINDOW:]), t))
+    backward = [forward[-1]]
+    for t in range(clip_len - 2, -1, -1):
+        backward.append((tuple(backward[-WINDOW:]), t))
+    return paths + forward + backward[1:]
 
 
 def dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -157,7 +177,7 @@ class CycleModel(nn.Module):
         images, masks, valid, has = batch["images"], batch["masks"], batch["valid"], batch["has_mask"]
         H, W = images.shape[-2:]
         feats = split_features(m, images)
-        paths = cycle_paths(iteration, self.long_cycles)
+        paths = cycle_paths(iteration, self.long_cycles, images.shape[1])
         graph = CycleGraph(m, feats, masks, valid, self.detach_masks, paths)
         present = masks.flatten(3).amax(-1) > 0  # (B, T, K); unknown frames (no mask) count as present
         present = present | ~has[:, :, None]
@@ -189,8 +209,10 @@ class CycleModel(nn.Module):
 
 
 def name_of(node) -> str:
+    """The frames a node's prediction walked through: "0>1>0" is frame 0 decoded from frame 1's node, itself from
+    the given frame 0; "~>" marks a decode from several nodes (a memory), of which the named one is the last (the
+    previous frame): "0>1~>2" is frame 2 from the given frame and 0>1."""
     if node == GT:
         return "0"
     sources, target = node
-    src = ",".join(name_of(s) for s in sources)
-    return f"[{src}]>{target}" if len(sources) > 1 else f"{src}>{target}"
+    return f"{name_of(sources[-1])}{'~' if len(sources) > 1 else ''}>{target}"
