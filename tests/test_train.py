@@ -89,15 +89,9 @@ def test_a_few_iterations_lower_the_loss(tmp_path):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-@pytest.mark.parametrize("detach", [False, True])
-def test_detach_masks_controls_gradient_to_frame1_mask(tmp_path, detach):
-    cfg = cfg_for(tmp_path)
-    torch.manual_seed(0)
-    model = HODOR(cfg.model)
-    batch = _batch(cfg)
-    batch["has_mask"][:, 1:] = False  # sparse: only frame 0 is supervised
-    seen = []
-    encode = model.encode
+def _record_encoded_masks(model) -> list:
+    """Wrap model.encode so that every mask it encodes is recorded (keeping its gradient); returns the record."""
+    seen, encode = [], model.encode
 
     def spy(feats, masks, valid=None):
         if masks.requires_grad:
@@ -106,6 +100,17 @@ def test_detach_masks_controls_gradient_to_frame1_mask(tmp_path, detach):
         return encode(feats, masks, valid)
 
     model.encode = spy
+    return seen
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_masks_controls_gradient_to_frame1_mask(tmp_path, detach):
+    cfg = cfg_for(tmp_path)
+    torch.manual_seed(0)
+    model = HODOR(cfg.model)
+    batch = _batch(cfg)
+    batch["has_mask"][:, 1:] = False  # sparse: only frame 0 is supervised
+    seen = _record_encoded_masks(model)
     loss, parts, _ = CycleModel(model, detach, long_cycles=False)(batch, 0)
     assert set(parts) == {"0>0", "0>1>0"}
     loss.backward()
@@ -600,15 +605,7 @@ def test_long_clips_train_through_the_chain(tmp_path):
     loss, parts, _ = CycleModel(model, False, True)(batch, 0)
     assert len(parts) == 9 and torch.isfinite(loss)
     batch["has_mask"][:, 1:] = False
-    seen, encode = [], model.encode
-
-    def spy(feats, masks, valid=None):
-        if masks.requires_grad:
-            masks.retain_grad()
-        seen.append(masks)
-        return encode(feats, masks, valid)
-
-    model.encode = spy
+    seen = _record_encoded_masks(model)
     loss, parts, _ = CycleModel(model, False, True)(batch, 0)
     assert set(parts) == {"0>0", "0>1~>2~>3~>4>3~>2~>1~>0"}
     loss.backward()
