@@ -26,6 +26,9 @@ class Augment:
     # merge, clips of 4+ frames: chance (when they do not cross) that the pasted objects leave the frame for the
     # middle frames and come back
     leave: float = 0.0
+    # pseudo-clips (static, composite, merge): the frames' homographies lie on one straight path from frame 0's to
+    # the last frame's (linear interpolation), so things move smoothly over long clips instead of jumping per frame
+    smooth: bool = False
 
 
 # Static pseudo-clips need strong warps and colour changes to imitate motion; real video frames (sparse, dense)
@@ -37,6 +40,8 @@ AUGMENT = {
     "merge": Augment(warp0=0.3, warp=1.0, colour=True),
     "merge_crossing": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.5),
     "merge_leave": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5),
+    "static_smooth": Augment(warp0=0.3, warp=1.0, colour=True, smooth=True),
+    "merge_leave_smooth": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, smooth=True),
     "sparse": Augment(warp0=0.3, warp=0.3, colour=False),
     "dense": Augment(warp0=0.3, warp=0.3, colour=False),
 }

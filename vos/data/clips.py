@@ -60,10 +60,16 @@ def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int
         box = crop_box((mask0 > 0) & (mask0 != VOID), size, rng)
         flip = bool(rng.random() < 0.5)
         imgs, masks = [], []
+        if aug.smooth and regime in ("static", "composite", "merge"):
+            ends = [random_homography(rng, *size, strength=aug.warp0), random_homography(rng, *size, strength=aug.warp)]
+            path = [_interpolate(*ends, k / (clip_len - 1)) for k in range(clip_len)]
         for k, t in enumerate(frames_idx):
             img = img0 if t == a else unit.load_frame(t)
             mask = mask0 if t == a else (unit.load_mask(t) if unit.dense else None)
-            Hm = random_homography(rng, *size, strength=aug.warp if k > 0 else aug.warp0)
+            if aug.smooth and regime in ("static", "composite", "merge"):
+                Hm = path[k]
+            else:
+                Hm = random_homography(rng, *size, strength=aug.warp if k > 0 else aug.warp0)
             i, m = warp(img, mask, box, size, Hm, flip)
             imgs.append(colour_jitter(i, rng) if aug.colour and k > 0 else i)
             masks.append(m)
@@ -71,6 +77,12 @@ def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int
         if objs:
             return imgs, masks, objs
     return imgs, masks, []
+
+
+def _interpolate(H0: np.ndarray, H1: np.ndarray, a: float) -> np.ndarray:
+    """The homography a of the way from H0 to H1 (entry-wise; fine for the mild perspectives of augmentation)."""
+    H = (1 - a) * H0 + a * H1
+    return H / H[2, 2]
 
 
 def _big_objects(mask: np.ndarray) -> list[int]:
