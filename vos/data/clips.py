@@ -59,17 +59,14 @@ def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int
         img0, mask0 = unit.load_frame(a), unit.load_mask(a)
         box = crop_box((mask0 > 0) & (mask0 != VOID), size, rng)
         flip = bool(rng.random() < 0.5)
-        imgs, masks = [], []
+        imgs, masks, path = [], [], None
         if aug.smooth and regime in ("static", "composite", "merge"):
             ends = [random_homography(rng, *size, strength=aug.warp0), random_homography(rng, *size, strength=aug.warp)]
             path = [_interpolate(*ends, k / (clip_len - 1)) for k in range(clip_len)]
         for k, t in enumerate(frames_idx):
             img = img0 if t == a else unit.load_frame(t)
             mask = mask0 if t == a else (unit.load_mask(t) if unit.dense else None)
-            if aug.smooth and regime in ("static", "composite", "merge"):
-                Hm = path[k]
-            else:
-                Hm = random_homography(rng, *size, strength=aug.warp if k > 0 else aug.warp0)
+            Hm = path[k] if path else random_homography(rng, *size, strength=aug.warp if k > 0 else aug.warp0)
             i, m = warp(img, mask, box, size, Hm, flip)
             imgs.append(colour_jitter(i, rng) if aug.colour and k > 0 else i)
             masks.append(m)

