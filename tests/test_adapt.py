@@ -141,6 +141,33 @@ def test_infer_adapts_through_the_command_line(video, tmp_path):
     assert len(list((tmp_path / "frames").glob("*.png"))) == 10
 
 
+def test_a_time_budget_shortens_the_schedule_to_end_in_time(video, monkeypatch):
+    """With a deadline, the steps that fit (from the measured time per step) become the schedule's length: the
+    learning rate still decays to its end instead of stopping mid-schedule."""
+    import time
+
+    import vos.adapt as adapt_mod
+    from vos.train.loop import Trainer
+
+    d, masks = video
+    (model,) = load_models(d / "m0.pt", torch.device("cpu"))
+    s = _session(d, {0: masks[0]})
+    clock = iter(range(0, 10 ** 6, 10))  # every call of the clock: 10 s later
+    monkeypatch.setattr(adapt_mod.time, "perf_counter", lambda: float(next(clock)))
+    lrs, step = [], Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, b: (lrs.append(self.opt.param_groups[0]["lr"]),
+                                                                 step(self, b))[1])
+    cfg = AdaptConfig(steps=20, batch_size=1, size=64, lr=1e-3, warmup=0, schedule="cosine")
+    with pytest.warns(UserWarning, match="6 of 20 steps"):
+        finetune(model, s.frames, s.prompts, cfg, deadline=65.0)  # the clock starts at 0
+    # step 1 ends at t=10 with 10 s per step measured: 6 steps fit, and the cosine is over 6 steps, not 20
+    assert len(lrs) == 6 and lrs[0] == pytest.approx(1e-3) and lrs[-1] < 0.1e-3
+    monkeypatch.setattr(adapt_mod.time, "perf_counter", time.perf_counter)
+    lrs.clear()
+    finetune(model, s.frames, s.prompts, cfg)
+    assert len(lrs) == 20 and lrs[5] > 0.8e-3  # no deadline: the whole schedule
+
+
 def test_a_time_cap_a_progress_report_and_a_fallback_on_failure(video, monkeypatch):
     import vos.adapt as adapt_mod
     from vos.adapt import Adaptation
@@ -159,7 +186,7 @@ def test_a_time_cap_a_progress_report_and_a_fallback_on_failure(video, monkeypat
                on_progress=lambda done, total, sec: seen.append((done, total)))(s)
     assert seen == [(1, 3), (2, 3), (3, 3)] and s.tracker.adapted is not None
     seen.clear()
-    with pytest.warns(UserWarning, match="stopped after 1 of 50 steps: adapt.seconds=1e-06 reached"):
+    with pytest.warns(UserWarning, match="1 of 50 steps .adapt.seconds reached"):
         Adaptation(AdaptConfig(steps=50, batch_size=1, size=64, seconds=1e-6), progress=False,
                    on_progress=lambda done, total, sec: seen.append(done))(s)
     assert seen == [1] and s.tracker.adapted is not None

@@ -96,36 +96,54 @@ def _train_config(model: HODOR, cfg, amp: bool, device: torch.device) -> DictCon
 
 def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]], cfg,
              amp: bool = False, on_step: Callable[[], bool] | None = None,
-             elsewhere: dict[int, np.ndarray] | None = None) -> HODOR:
+             elsewhere: dict[int, np.ndarray] | None = None, deadline: float | None = None) -> HODOR:
     """A copy of `model` trained for cfg.steps steps (cfg: an AdaptConfig) on this video's prompts (frame ->
     {object id: mask}), in eval mode with gradients off. Each prompted frame teaches the objects given there;
     `elsewhere` (where_others_may_be) marks where objects given at other frames may be: left out of the loss.
-    on_step() is called after every step; when it returns False, training stops there."""
+    deadline (time.perf_counter() value): training ends by then; when the steps would not fit, the learning-rate
+    schedule is shortened, from the measured time per step, to end within it (rather than stopping mid-schedule
+    at a high learning rate), with a warning. on_step() is called after every step; when it returns False,
+    training stops there."""
     device = next(model.parameters()).device
     units = _units(frames, prompts, elsewhere)
     max_objects = max(len(m) for m in prompts.values())
     size = (min(cfg.size, frames.size[0]), min(cfg.size, frames.size[1]))
     max_gap = DataSource.max_gap  # the training data's own clip settings
     rng = np.random.default_rng(cfg.seed)
+    start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         trainer = Trainer(_train_config(model, cfg, amp, device), model=copy.deepcopy(model))
-        for _ in range(cfg.steps):
+        planned = trainer.cfg.optim  # its `steps` is the schedule's length, read by the scheduler at every step
+        while trainer.step < planned.steps:
             clips = []
             for _ in range(cfg.batch_size):
                 unit = units[rng.integers(len(units))]
                 regime = "static" if len(frames) < 3 or rng.random() < cfg.static_weight else "sparse"
                 clips.append(make_sample(unit, regime, size, max_objects, max_gap, int(rng.integers(2 ** 31))))
             trainer.train_step([{k: torch.stack([c[k] for c in clips]).to(device) for k in clips[0]}])
+            if deadline is not None:
+                now, done = time.perf_counter(), trainer.step
+                fit = done + int((deadline - now) / ((now - start) / done))
+                planned.steps = max(done, min(planned.steps, fit))
             if on_step is not None and not on_step():
                 break
+    if planned.steps < cfg.steps:
+        warnings.warn(f"test-time adaptation: {trainer.step} of {cfg.steps} steps (adapt.seconds reached; the "
+                      "learning-rate schedule was shortened to end in time)")
     return trainer.model.requires_grad_(False).eval()
 
 
 def adapt_models(tracker: Tracker, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]], cfg,
-                 amp: bool = False, on_step: Callable[[], bool] | None = None) -> list[HODOR]:
-    """Fine-tuned copies of the tracker's loaded models, one each. Objects may be given at different frames."""
+                 amp: bool = False, on_step: Callable[[], bool] | None = None,
+                 deadline: float | None = None) -> list[HODOR]:
+    """Fine-tuned copies of the tracker's loaded models, one each. Objects may be given at different frames.
+    deadline (time.perf_counter() value): all of it ends by then, each model in its share of the time left."""
     elsewhere = where_others_may_be(tracker, frames, prompts)
-    return [finetune(m, frames, prompts, cfg, amp, on_step, elsewhere) for m in tracker.models]
+    tuned, n = [], len(tracker.models)
+    for i, m in enumerate(tracker.models):
+        share = None if deadline is None else time.perf_counter() + (deadline - time.perf_counter()) / (n - i)
+        tuned.append(finetune(m, frames, prompts, cfg, amp, on_step, elsewhere, share))
+    return tuned
 
 
 class Adaptation:
@@ -134,7 +152,8 @@ class Adaptation:
     It trains in the faster precision for a training step on this machine (`amp`, as InferConfig.amp: auto times
     it once and caches it, vos.utils.precision), shows a progress line
     ("adapting to the video: 9 s") unless progress=False, and reports each step to on_progress(done, total,
-    seconds) if given (e.g. the app). cfg.seconds caps the time: training stops there, with a warning. Anything
+    seconds) if given (e.g. the app). cfg.seconds is a budget for all of it: when the steps would not fit, the
+    schedules are shortened to end within it, with a warning. Anything
     that goes wrong inside falls back to the loaded models, with a warning: the video is still segmented."""
 
     def __init__(self, cfg, progress: bool = True, on_progress: Callable[[int, int, float], None] | None = None,
@@ -170,15 +189,12 @@ class Adaptation:
             bar.update(1)
             if self.on_progress is not None:
                 self.on_progress(done, total, time.time() - t0)
-            if self.cfg.seconds and time.time() - t0 > self.cfg.seconds:
-                warnings.warn(f"test-time adaptation stopped after {done} of {total} steps: adapt.seconds="
-                              f"{self.cfg.seconds:g} reached")
-                return False
             return True
 
         try:
             bf16 = self._bf16(session)
-            tuned = adapt_models(tracker, session.frames, session.prompts, self.cfg, amp=bf16, on_step=on_step)
+            deadline = time.perf_counter() - (time.time() - t0) + self.cfg.seconds if self.cfg.seconds else None
+            tuned = adapt_models(tracker, session.frames, session.prompts, self.cfg, bf16, on_step, deadline)
         except Exception as e:  # noqa: BLE001 -- a failure here must not lose the run
             warnings.warn(f"test-time adaptation failed ({type(e).__name__}: {e}); propagating with the loaded "
                           "model instead")

@@ -147,7 +147,9 @@ class AdaptConfig:
     size: int = bounded(192, min=32)  # square training crops at the internal resolution
     # pseudo-clips of the given frame; the rest: cycles over the video's other frames
     static_weight: float = bounded(1.0, min=0, max=1)
-    seconds: float = bounded(120.0, min=0)  # a cap on the time spent (0 = none): stop early, with a warning
+    # a budget for the whole adaptation (0 = none): where the steps would not fit, the learning-rate schedule is
+    # shortened to end within it (from the measured time per step), with a warning
+    seconds: float = bounded(120.0, min=0)
     seed: int = 0
     train: Trainable = Trainable.late  # all | late (the backbone to stride 8 fixed) | heads (backbone and FPN fixed)
 
