@@ -95,15 +95,14 @@ def _train_config(model: HODOR, cfg, amp: bool, device: torch.device) -> DictCon
 
 
 def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]], cfg,
-             amp: bool = False, on_step: Callable[[], bool] | None = None,
+             amp: bool = False, on_step: Callable[[], None] | None = None,
              elsewhere: dict[int, np.ndarray] | None = None, deadline: float | None = None) -> HODOR:
     """A copy of `model` trained for cfg.steps steps (cfg: an AdaptConfig) on this video's prompts (frame ->
     {object id: mask}), in eval mode with gradients off. Each prompted frame teaches the objects given there;
     `elsewhere` (where_others_may_be) marks where objects given at other frames may be: left out of the loss.
     deadline (time.perf_counter() value): training ends by then; when the steps would not fit, the learning-rate
     schedule is shortened, from the measured time per step, to end within it (rather than stopping mid-schedule
-    at a high learning rate), with a warning. on_step() is called after every step; when it returns False,
-    training stops there."""
+    at a high learning rate), with a warning. on_step() is called after every step."""
     device = next(model.parameters()).device
     units = _units(frames, prompts, elsewhere)
     max_objects = max(len(m) for m in prompts.values())
@@ -125,8 +124,8 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
                 now, done = time.perf_counter(), trainer.step
                 fit = done + int((deadline - now) / ((now - start) / done))
                 planned.steps = max(done, min(planned.steps, fit))
-            if on_step is not None and not on_step():
-                break
+            if on_step is not None:
+                on_step()
     if planned.steps < cfg.steps:
         warnings.warn(f"test-time adaptation: {trainer.step} of {cfg.steps} steps (adapt.seconds reached; the "
                       "learning-rate schedule was shortened to end in time)")
@@ -134,14 +133,15 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
 
 
 def adapt_models(tracker: Tracker, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]], cfg,
-                 amp: bool = False, on_step: Callable[[], bool] | None = None,
+                 amp: bool = False, on_step: Callable[[], None] | None = None,
                  deadline: float | None = None) -> list[HODOR]:
     """Fine-tuned copies of the tracker's loaded models, one each. Objects may be given at different frames.
     deadline (time.perf_counter() value): all of it ends by then, each model in its share of the time left."""
     elsewhere = where_others_may_be(tracker, frames, prompts)
     tuned, n = [], len(tracker.models)
     for i, m in enumerate(tracker.models):
-        share = None if deadline is None else time.perf_counter() + (deadline - time.perf_counter()) / (n - i)
+        now = time.perf_counter()
+        share = None if deadline is None else now + (deadline - now) / (n - i)
         tuned.append(finetune(m, frames, prompts, cfg, amp, on_step, elsewhere, share))
     return tuned
 
@@ -176,24 +176,23 @@ class Adaptation:
         return dtype is not None
 
     def __call__(self, session: VideoSession) -> float:
-        t0 = time.time()
+        t0 = time.perf_counter()
         tracker = session.tracker
         total = self.cfg.steps * len(tracker.models)
         bar = tqdm(total=total, desc="adapting to the video", disable=not self.progress, leave=False,
                    bar_format="{desc}: {elapsed} ({n_fmt}/{total_fmt} steps)")
         done = 0
 
-        def on_step() -> bool:
+        def on_step() -> None:
             nonlocal done
             done += 1
             bar.update(1)
             if self.on_progress is not None:
-                self.on_progress(done, total, time.time() - t0)
-            return True
+                self.on_progress(done, total, time.perf_counter() - t0)
 
         try:
             bf16 = self._bf16(session)
-            deadline = time.perf_counter() - (time.time() - t0) + self.cfg.seconds if self.cfg.seconds else None
+            deadline = t0 + self.cfg.seconds if self.cfg.seconds else None
             tuned = adapt_models(tracker, session.frames, session.prompts, self.cfg, bf16, on_step, deadline)
         except Exception as e:  # noqa: BLE001 -- a failure here must not lose the run
             warnings.warn(f"test-time adaptation failed ({type(e).__name__}: {e}); propagating with the loaded "
@@ -203,7 +202,7 @@ class Adaptation:
             bar.close()
             release_memory()  # the training's activations, before propagation allocates its own
         tracker.use_adapted(tuned)
-        return time.time() - t0
+        return time.perf_counter() - t0
 
 
 def runner(cfg: DictConfig, method: str = "hodor", checkpoint: str | None = None, progress: bool = True,
