@@ -101,8 +101,9 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
     {object id: mask}), in eval mode with gradients off. Each prompted frame teaches the objects given there;
     `elsewhere` (where_others_may_be) marks where objects given at other frames may be: left out of the loss.
     deadline (time.perf_counter() value): training ends by then; when the steps would not fit, the learning-rate
-    schedule is shortened, from the measured time per step, to end within it (rather than stopping mid-schedule
-    at a high learning rate), with a warning. on_step() is called after every step."""
+    schedule is shortened, from the measured time per step (after the first, which also builds the trainer), to
+    end within it (rather than stopping mid-schedule at a high learning rate), with a warning. on_step() is called
+    after every step."""
     device = next(model.parameters()).device
     units = _units(frames, prompts, elsewhere)
     max_objects = max(len(m) for m in prompts.values())
@@ -122,8 +123,12 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
             trainer.train_step([{k: torch.stack([c[k] for c in clips]).to(device) for k in clips[0]}])
             if deadline is not None:
                 now, done = time.perf_counter(), trainer.step
-                fit = done + int((deadline - now) / ((now - start) / done))
-                planned.steps = max(done, min(planned.steps, fit))
+                if done == 1:  # the first step also paid for the trainer's build and the first decodes
+                    first, per_step = now, now - start
+                else:
+                    per_step = (now - first) / (done - 1)
+                fit = done + int((deadline - now) / per_step)
+                planned.steps = max(done, min(cfg.steps, fit))  # re-estimated at every step, either way
             if on_step is not None:
                 on_step()
     if planned.steps < cfg.steps:
