@@ -112,7 +112,8 @@ def run(name: str) -> dict:
     out = OUTPUTS / "experiments" / name
     if e.layout == "sparse_folder":
         return _run_areas(name, path, e, ckpt, dataset, runner, out)
-    frames = seconds = adapt_seconds = 0.0
+    frames = seconds = 0.0
+    adapt_seconds: list[float] = []
     prompt_ious = []
     jobs = jobs_for_dataset(dataset, e.layout, e.split)
     seqs = {s.name: s for s in list_sequences(dataset, e.layout, e.split)}
@@ -122,18 +123,20 @@ def run(name: str) -> dict:
         if e.prompt == "box":
             prompt_ious.append(_box_prompt(job, out / "_prompts"))
         r = runner.run(job, out, progress=False)
-        frames, seconds, adapt_seconds = frames + r["frames"], seconds + r["seconds"], adapt_seconds + r["adapt_seconds"]
+        frames, seconds = frames + r["frames"], seconds + r["seconds"]
+        adapt_seconds.append(r["adapt_seconds"])
     table, rows = evaluate_dataset(dataset, e.layout, e.split, out)
     spread = per_video_spread(rows)
     jf = spread["per video"]
     row = {"experiment": name, "J&F": 100 * table["J&F-Mean"], "J": 100 * table["J-Mean"], "F": 100 * table["F-Mean"],
            "per-video J&F std": spread["std"], "min video J&F": spread["min"],
            "frames/s": frames / max(seconds, 1e-9), "s/video": seconds / len(jobs),
-           "adapt s/video": adapt_seconds / len(jobs), "date": datetime.date.today().isoformat()}
+           "adapt s/video": sum(adapt_seconds) / len(jobs), "date": datetime.date.today().isoformat()}
     text = (f"python -m vos.experiment {_shown(path)}\n"
             f"{e.description}\ncheckpoint: {_shown(ckpt) if ckpt else e.method}; {runner.precision}; {int(frames)} frames "
             f"at {row['frames/s']:.1f} frames/s; "
-            f"{row['s/video']:.1f} s per video (of which adaptation {row['adapt s/video']:.1f} s)\n\n"
+            f"{row['s/video']:.1f} s per video (of which adaptation {row['adapt s/video']:.1f} s, "
+            f"at most {max(adapt_seconds, default=0.0):.1f} s)\n\n"
             f"{format_table(table)}\n\nper video J&F: " + ", ".join(f"{k} {v:.1f}" for k, v in jf.items()) + "\n")
     if runner.adapt is not None:
         text += f"test-time adaptation: {to_dict(runner.cfg.adapt)}; " \
