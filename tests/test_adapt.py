@@ -202,19 +202,3 @@ def test_a_time_cap_a_progress_report_and_a_fallback_on_failure(video, monkeypat
         Adaptation(AdaptConfig(steps=2, size=64), progress=False)(s)
     assert s.tracker.adapted is None and len(list(s.propagate())) == 10  # the video is still segmented
 
-
-def test_short_cycles_train_only_the_two_short_paths(video, monkeypatch):
-    """adapt.long_cycles=false: every step trains [0]->0, [0]->1 and [0]->1->0 only (cheaper steps); the default
-    alternates in the long cycles through frame 2 on odd steps, as training does."""
-    import vos.train.cycles as cycles_mod
-
-    d, masks = video
-    (model,) = load_models(d / "m0.pt", torch.device("cpu"))
-    s = _session(d, {0: masks[0]})
-    frames_seen, paths = [], cycles_mod.cycle_paths
-    monkeypatch.setattr(cycles_mod, "cycle_paths", lambda *a: (frames_seen.append(
-        {cycles_mod.frame_of(p) for p in paths(*a)}), paths(*a))[1])
-    for long, expected in ((False, [{0, 1}] * 4), (True, [{0, 1}, {0, 1, 2}] * 2)):
-        frames_seen.clear()
-        finetune(model, s.frames, s.prompts, AdaptConfig(steps=4, batch_size=1, size=64, long_cycles=long))
-        assert frames_seen == expected

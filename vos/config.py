@@ -152,7 +152,6 @@ class AdaptConfig:
     seconds: float = bounded(120.0, min=0)
     seed: int = 0
     train: Trainable = Trainable.late  # all | late (the backbone to stride 8 fixed) | heads (backbone and FPN fixed)
-    long_cycles: bool = True  # as training's cycles.long_cycles: False = only [0]->0 and [0]->1->0 (cheaper steps)
 
 
 @dataclass
