@@ -201,4 +201,3 @@ def test_a_time_cap_a_progress_report_and_a_fallback_on_failure(video, monkeypat
                                          "loaded model"):
         Adaptation(AdaptConfig(steps=2, size=64), progress=False)(s)
     assert s.tracker.adapted is None and len(list(s.propagate())) == 10  # the video is still segmented
-
