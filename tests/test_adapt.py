@@ -94,29 +94,6 @@ def test_objects_given_at_different_frames_leave_each_other_out_of_the_loss(vide
     assert any(not torch.equal(w, v) for w, v in zip(tuned.parameters(), models[0].parameters()))
 
 
-def test_lookalikes_paste_the_videos_own_objects_into_a_share_of_the_clips(video, monkeypatch):
-    """adapt.lookalikes: that share of the static pseudo-clips get 1-2 of the given frame's own objects pasted in
-    again (the merge regime with the video as its own partner, crossing half the time)."""
-    import vos.adapt as adapt_mod
-
-    d, masks = video
-    (model,) = load_models(d / "m0.pt", torch.device("cpu"))
-    s = _session(d, {0: masks[0]})
-    seen, make = [], adapt_mod.make_sample
-
-    def record(unit, regime, *a, background=None, aug=None):
-        clip = make(unit, regime, *a, background=background, aug=aug)
-        seen.append((regime, background is unit, aug is not None and aug.crossing > 0))
-        return clip
-
-    monkeypatch.setattr(adapt_mod, "make_sample", record)
-    for share, regime in ((0.0, "static"), (1.0, "merge")):
-        seen.clear()
-        finetune(model, s.frames, s.prompts, AdaptConfig(steps=2, batch_size=2, size=64, lookalikes=share))
-        assert len(seen) == 4 and {r for r, *_ in seen} == {regime}
-        assert all(r == "static" or (own and crossing) for r, own, crossing in seen)
-
-
 def test_the_loss_ignores_void_pixels():
     from vos.train.cycles import mask_loss
 

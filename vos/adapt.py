@@ -30,7 +30,6 @@ from tqdm import tqdm
 
 from vos.config import DataSource, TrainConfig, config_from_dict, to_dict
 from vos.data import FrameSource
-from vos.data.augment import augment_for
 from vos.data.clips import VOID, make_sample
 from vos.data.sources import Annotated
 from vos.inference import Runner, Tracker, VideoSession, probs_to_ids
@@ -120,10 +119,7 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
             for _ in range(cfg.batch_size):
                 unit = units[rng.integers(len(units))]
                 regime = "static" if len(frames) < 3 or rng.random() < cfg.static_weight else "sparse"
-                if regime == "static" and rng.random() < cfg.lookalikes:
-                    regime = "merge"
-                clips.append(make_sample(unit, regime, size, max_objects, max_gap, int(rng.integers(2 ** 31)),
-                                         background=unit, aug=augment_for("merge_crossing") if regime == "merge" else None))
+                clips.append(make_sample(unit, regime, size, max_objects, max_gap, int(rng.integers(2 ** 31))))
             trainer.train_step([{k: torch.stack([c[k] for c in clips]).to(device) for k in clips[0]}])
             if deadline is not None:
                 now, done = time.perf_counter(), trainer.step

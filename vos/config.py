@@ -147,9 +147,6 @@ class AdaptConfig:
     size: int = bounded(192, min=32)  # square training crops at the internal resolution
     # pseudo-clips of the given frame; the rest: cycles over the video's other frames
     static_weight: float = bounded(1.0, min=0, max=1)
-    # of those pseudo-clips, the share with 1-2 of the frame's own objects pasted over it again (shrunk; crossing
-    # one of them half the time): look-alikes to leave alone and occluders (vos.data.clips, "merge")
-    lookalikes: float = bounded(0.0, min=0, max=1)
     # a budget for the whole adaptation (0 = none): where the steps would not fit, the learning-rate schedule is
     # shortened to end within it (from the measured time per step), with a warning
     seconds: float = bounded(120.0, min=0)
