@@ -162,6 +162,10 @@ class HODOR(nn.Module):
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
         st = cfg.short_term
         self.short_term = ShortTermPath(c, st.key_channels, st.radius) if st.radius else None
+        self.desc_pos = nn.Linear(c, c) if cfg.desc_position else None
+        if self.desc_pos is not None:  # a no-op at first: a trained model gains position without losing itself
+            nn.init.zeros_(self.desc_pos.weight)
+            nn.init.zeros_(self.desc_pos.bias)
 
     def train(self, mode: bool = True) -> "HODOR":
         """Backbone BatchNorm statistics stay frozen: training batches of a few clips are too small for them."""
@@ -248,6 +252,9 @@ class HODOR(nn.Module):
         pos = sine_position(h, w, C, f.device, f.dtype)[None]
         for layer in self.encoder:
             d = layer(d, query, pixels, pos, attn_masks, pad)
+        if self.desc_pos is not None:
+            where = attn_masks / attn_masks.sum(-1, keepdim=True).clamp(min=1e-6)
+            d = d + self.desc_pos(where @ pos)
         return d
 
     # ------------------------------------------------------------------------------------------- decoder
@@ -331,6 +338,12 @@ class HODOR(nn.Module):
         logits, probs = self.predict(feats, memory, memory_valid, num_objects, last)
         probs, desc = self.commit(feats, probs, given, given_valid, valid, detach_probs, encode)
         return StepOutput(logits, probs, desc, self.remember(feats, probs))
+
+    def new_paths(self) -> list[nn.Parameter]:
+        """Parameters of the paths that start as no-ops (short-term path, descriptor position): trained at their own
+        lr (`optim.short_term_lr`) when fine-tuned into a trained model."""
+        mods = [m for m in (self.short_term, self.desc_pos) if m is not None]
+        return [p for m in mods for p in m.parameters()]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Three disjoint groups, from the most generic to the most task-specific: "early": the backbone's stages up
