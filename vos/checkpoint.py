@@ -121,7 +121,7 @@ def init_from(model: HODOR, path: str | Path) -> None:
     block = r"decoder\.\d+\.block\." if theirs != model.cfg.decoder.pixel_block else NOTHING
     src = state["config"].get("model", {})
     fresh = block + ("" if src.get("short_term", {}).get("radius") else r"|short_term\.") \
-        + ("" if src.get("desc_position") else r"|desc_pos\.")
+        + ("" if src.get("desc_position") else r"|desc_pos\.|pos_desc\.|pos_pixel\.")
     load_weights(model, state["model"], f"init_from {path}: model does not match this config",
                  may_miss=rf"{BACKBONE}|{fresh}", may_add=block)
 

@@ -130,7 +130,8 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     short_term: ShortTermConfig = field(default_factory=ShortTermConfig)
     # Each descriptor also carries where its mask was: the mask-weighted mean of the pixels' sine positional
-    # encoding (centroid and extent at several frequencies) added through a linear layer that starts at zero.
+    # encoding (centroid and extent at several frequencies) added through a linear layer that starts at zero; and
+    # the decoder's logits read it: a term (descriptor . pixel position) that also starts at zero.
     desc_position: bool = False
 
 
