@@ -323,11 +323,6 @@ def test_init_from_swaps_the_pixel_block_and_keeps_the_rest(tmp_path):
     assert any(".block.q." in k for k in new) and not any(".block.dw." in k for k in new)
     with pytest.raises(VosError, match="does not match"):
         train(cfg_for(tmp_path / "c", "optim.steps=1", f"init_from={tmp_path / 'a/checkpoint.pt'}", "model.channels=16"))
-    # descriptor position the source lacks starts fresh (at zero), the rest is the source's
-    pos = load_checkpoint(train(cfg_for(tmp_path / "d", "optim.steps=1", "optim.lr=0.0", "model.desc_position=true",
-                                        f"init_from={tmp_path / 'a/checkpoint.pt'}")))["model"]
-    assert all(torch.equal(base[k], pos[k]) for k in base if ".num_batches" not in k)
-    assert pos["desc_pos.weight"].abs().sum() == 0 and pos["pos_desc.weight"].abs().sum() == 0
 
 
 def test_composite_regime_pastes_the_object_onto_another_video(tmp_path):
@@ -462,10 +457,6 @@ def test_learning_rate_schedule(tmp_path):
     assert len(t.opt.param_groups[1]["params"]) == len(path)
     t.train_step([_batch(t.cfg)])
     assert t.sched.get_last_lr() == pytest.approx([1e-3 * 0.2, 1e-2 * 0.2])
-    # so does descriptor position, the other path that starts as a no-op
-    t = Trainer(cfg_for(tmp_path, "model.desc_position=true", "optim.short_term_lr=1e-2"))
-    paths = {id(p) for m in (t.model.desc_pos, t.model.pos_desc, t.model.pos_pixel) for p in m.parameters()}
-    assert {id(p) for p in t.opt.param_groups[1]["params"]} == paths and len(paths) == 6
 
 
 def test_dense_and_sparse_clips_are_augmented_alike(tmp_path):
