@@ -238,3 +238,23 @@ def test_validation_composites_paste_other_videos_objects_with_exact_masks(tmp_p
             src = clips[names[-1]][1][t] == 1
             assert top.sum() == src.sum()
         assert filecmp.cmp(s.annotations[7], Path(b) / "Annotations" / "480p" / s.name / "00007.png", shallow=False)
+
+
+def test_validation_twins_paste_each_object_beside_itself_as_background(tmp_path):
+    """--twins: each video's object, frame by frame, pasted again beside it (towards the side with more room) and
+    left as background: the frame holds the object's colour at both places, the mask only at the object."""
+    from vos.data import list_sequences
+    from vos.data.composites import build
+
+    clips = {"a": square_clip([(20, 40, 4, 2)], 12, size=50, colours={1: (250, 0, 0)}, seed=0)}
+    write_davis(tmp_path / "data" / "davis2016", clips, "val", layout="davis2016")
+    (s,) = list_sequences(build(tmp_path / "t", tmp_path / "data", "val", twins=True), "davis2017", "val")
+    assert s.name == "a" and len(s.annotations) == 12
+    for t in (0, 7):
+        ids, _ = s.read_mask(t)
+        assert (ids == 1).sum() == (clips["a"][1][t] == 1).sum() and sorted(np.unique(ids)) == [0, 1]
+        frame = np.asarray(Image.open(s.frame_dir / f"{t:05d}.jpg")).astype(int)
+        red = cv2.erode(((frame[..., 0] > 180) & (frame[..., 1] < 80)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        ys, xs = np.nonzero(red & (ids == 0))  # the twin: red, background, to the right (more room there)
+        x_obj = np.nonzero(ids == 1)[1]
+        assert len(xs) > 0.5 * 46 * 46 and xs.min() >= x_obj.max() + 0.05 * 320 - 2

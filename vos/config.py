@@ -295,8 +295,9 @@ class ExperimentConfig:
     prompt_frame: int = bounded(0, min=0)  # start from the annotation of this frame (index) instead of the first one
     infer_overrides: list[str] = field(default_factory=list)
     data_root: str = DATA_ROOT
-    # relative to data_root unless absolute; "val10-composites": the multi-object validation composites
-    # (vos.data.composites), built in data/ of the repository on first use
+    # relative to data_root unless absolute; "val10-composites": the multi-object validation composites, and
+    # "val10-twins": val10 with a twin of each object (both vos.data.composites), built in data/ of the repository
+    # on first use
     dataset: str = "davis2016"
     # davis2016 | davis2017 | youtubevos, or sparse_folder: images/<seq>/ + masks/<seq>/ holding only each
     # object's first mask (no J&F; each object's area per frame is reported); split: comma-separated sequences

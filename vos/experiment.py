@@ -105,7 +105,8 @@ def run(name: str) -> dict:
     name = path.stem
     e = _load(path)
     ckpt = checkpoint_of(str(path))
-    dataset = str(composites.ensure(e.data_root)) if e.dataset == composites.NAME else data_path(e.data_root, e.dataset)
+    derived = e.dataset in (composites.NAME, composites.TWINS)
+    dataset = str(composites.ensure(e.data_root, e.dataset)) if derived else data_path(e.data_root, e.dataset)
     runner = make_runner(load_config(InferConfig, None, list(e.infer_overrides)), e.method, str(ckpt) if ckpt else None,
                          progress=False)
     print(runner.precision)

@@ -8,6 +8,11 @@ shortest of its videos. Deterministic (a fixed seed); no network.
 
     python -m vos.data.composites                       # -> data/val10-composites (the default below)
     python -m vos.data.composites --split configs/splits/davis2016_val10.txt --out DIR --sequences 12
+    python -m vos.data.composites --twins               # -> data/val10-twins
+
+Twins (`--twins`): each video's first 40 frames with its own object, frame by frame, pasted again beside it and
+left as background in the masks: an exact look-alike that only where the object was tells apart (a model that
+goes by appearance alone takes both and scores J ~0.5).
 
 Only for validation: never train on it (its videos are the validation videos).
 """
@@ -30,6 +35,8 @@ from vos.utils import VosError, atomic_path
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPLIT = ROOT / "configs" / "splits" / "davis2016_val10.txt"
 NAME = "val10-composites"  # the derived dataset experiments ask for by this name (data/<NAME> in the repository)
+TWINS = "val10-twins"  # the twins of the same split
+TWIN_FRAMES = 40
 MIN_VISIBLE = 400  # px of every object that must stay visible on the first frame (it is given there)
 
 
@@ -87,21 +94,47 @@ def compose(plan: Plan, seqs: dict[str, Sequence]) -> tuple[list[np.ndarray], li
     return frames, ids
 
 
+def twin(seq: Sequence, n: int = TWIN_FRAMES) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(frames RGB, id maps uint8) of the first n frames of a single-object sequence with a twin of its object: on
+    every frame the object's own pixels shifted sideways by its frame-0 width + 5 % of the frame, towards the side
+    with more room (cut by the frame's edge where it leaves it). The twin is background (0) in the id maps."""
+    n = min(n, len(seq.frame_names))
+    first = read_image(seq.frame_dir / f"{seq.frame_names[0]}.jpg")
+    h, w = first.shape[:2]
+    frames, masks = _frames(seq, n, (h, w))
+    xs = np.nonzero(masks[0])[1]
+    if not len(xs):
+        raise VosError(f"{seq.name}: no object on the first frame to twin")
+    dx = int(xs.max() - xs.min() + 1 + 0.05 * w) * (1 if w - 1 - xs.max() > xs.min() else -1)
+    ids = []
+    for t in range(n):
+        shifted = np.zeros_like(masks[t])
+        img = frames[t].copy()
+        src = slice(max(0, -dx), min(w, w - dx))
+        dst = slice(max(0, dx), min(w, w + dx))
+        shifted[:, dst] = masks[t][:, src]
+        img[:, dst] = np.where(shifted[:, dst, None], frames[t][:, src], img[:, dst])
+        frames[t] = img
+        ids.append(np.where(shifted, 0, masks[t]).astype(np.uint8))
+    return frames, ids
+
+
 def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SPLIT, count: int = 12,
-          seed: int = 0) -> Path:
+          seed: int = 0, twins: bool = False) -> Path:
     """Write the composites of `split` (DAVIS-2016 sequences under data_root/davis2016) to `out` in the DAVIS-2017
-    layout (JPEGImages/480p, Annotations/480p with every frame annotated, ImageSets/2017/val.txt). The folder is
-    written beside `out` and renamed when complete: an interrupted build leaves no half dataset."""
+    layout (JPEGImages/480p, Annotations/480p with every frame annotated, ImageSets/2017/val.txt); with `twins`, each
+    video with a twin of its object (`twin`; count and seed unused). The folder is written beside `out` and renamed
+    when complete: an interrupted build leaves no half dataset."""
     out = Path(out)
     seqs = {s.name: s for s in list_sequences(Path(data_root) / "davis2016", "davis2016", str(split))}
-    if len(seqs) < 3:
+    if len(seqs) < (1 if twins else 3):
         raise VosError(f"composites need at least 3 videos in {split}; found {len(seqs)}")
     made = []
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp = Path(tmp)
-        for plan in plans(sorted(seqs), count, seed):
-            frames, ids = compose(plan, seqs)
+        for plan in ([Plan(n, ()) for n in sorted(seqs)] if twins else plans(sorted(seqs), count, seed)):
+            frames, ids = twin(seqs[plan.base]) if twins else compose(plan, seqs)
             hidden = [k for k in range(1, 2 + len(plan.partners)) if (ids[0] == k).sum() < MIN_VISIBLE]
             if hidden:
                 print(f"skipping {plan.name}: object(s) {hidden} hardly visible on the first frame")
@@ -118,12 +151,12 @@ def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SP
     return out
 
 
-def ensure(data_root: str | Path) -> Path:
-    """data/val10-composites in the repository, built on first use."""
-    out = ROOT / "data" / NAME
+def ensure(data_root: str | Path, name: str = NAME) -> Path:
+    """data/val10-composites (or data/val10-twins, `name`) in the repository, built on first use."""
+    out = ROOT / "data" / name
     if not (out / "ImageSets" / "2017" / "val.txt").is_file():
-        print(f"building the validation composites once: {out}")
-        build(out, data_root)
+        print(f"building the validation {name} once: {out}")
+        build(out, data_root, twins=name == TWINS)
     return out
 
 
@@ -132,13 +165,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-root", default=os.environ.get("VOS_DATA", "../shared/data"),
                     help="holds davis2016/ (default: $VOS_DATA, else ../shared/data, as the configs)")
     ap.add_argument("--split", default=str(DEFAULT_SPLIT), help="DAVIS-2016 sequences (a split name or .txt list)")
-    ap.add_argument("--out", default=str(ROOT / "data" / NAME))
+    ap.add_argument("--out", help=f"default: data/{NAME} (data/{TWINS} with --twins)")
     ap.add_argument("--sequences", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--twins", action="store_true", help="each video with a twin of its object instead")
     a = ap.parse_args(argv)
-    if Path(a.out).exists():
-        raise SystemExit(f"{a.out} exists; remove it first to build it again")
-    print(build(a.out, a.data_root, a.split, a.sequences, a.seed))
+    out = a.out or str(ROOT / "data" / (TWINS if a.twins else NAME))
+    if Path(out).exists():
+        raise SystemExit(f"{out} exists; remove it first to build it again")
+    print(build(out, a.data_root, a.split, a.sequences, a.seed, a.twins))
 
 
 if __name__ == "__main__":
