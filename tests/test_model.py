@@ -277,34 +277,3 @@ def test_short_term_path_starts_as_a_no_op_and_learns_through_the_soft_masks():
     assert (out.logits - outs[1].logits).abs().max() > 1e-2
     out.logits[:, -2:].logsumexp(1).mean().backward()
     assert masks.grad.abs().sum() > 0 and with_path.short_term.key.weight.grad.abs().sum() > 0
-
-
-def test_descriptor_position_starts_as_a_no_op_and_then_tells_places_apart():
-    """model.desc_position: at initialisation the descriptors and logits are the plain model's; once its layers move,
-    two masks of the same size over identical pixels at different places give different descriptors (the plain model
-    cannot tell them apart), the logits read where they were, and the loss reaches the soft masks through it."""
-    torch.manual_seed(0)
-    with_pos = HODOR(tiny_cfg(desc_position=True)).eval()
-    plain = HODOR(tiny_cfg()).eval()
-    plain.load_state_dict({k: v for k, v in with_pos.state_dict().items() if not k.startswith(("desc_pos.", "pos_desc.", "pos_pixel."))})
-    images = torch.full((1, 3, 64, 96), 0.5)  # one colour everywhere: appearance cannot say where a mask is
-    m = torch.zeros(1, 2, 64, 96)
-    m[0, 0, 8:24, 8:24], m[0, 1, 40:56, 72:88] = 1, 1
-    feats = [model.features(images) for model in (with_pos, plain)]
-    given = with_pos.masks_to_s4(m, feats[0])
-    d_pos, d_plain = with_pos.encode(feats[0], given), plain.encode(feats[1], given)
-    torch.testing.assert_close(d_pos, d_plain)
-    ok = torch.ones(d_pos.shape[:2], dtype=torch.bool)[:, None]
-    torch.testing.assert_close(with_pos.decode(feats[0], d_pos[:, None], ok), plain.decode(feats[1], d_plain[:, None], ok))
-    k = with_pos.num_bg
-    assert (d_plain[0, k] - d_plain[0, k + 1]).abs().max() < 1e-2  # the same descriptor at two places
-    torch.nn.init.normal_(with_pos.desc_pos.weight, std=0.5)
-    soft = given.clone().requires_grad_()
-    d = with_pos.encode(feats[0], soft)
-    assert (d[0, k] - d[0, k + 1]).abs().max() > 1e-1
-    torch.nn.init.normal_(with_pos.pos_desc.weight, std=0.5)
-    logits = with_pos.decode(feats[0], d[:, None], ok)
-    two = logits[0, 1 + k:]  # the two objects' logits over the frame: different shapes, not one shifted by a constant
-    assert ((two[0] - two[1]) - (two[0] - two[1]).mean()).abs().max() > 1e-1
-    two.sum().backward()
-    assert soft.grad.abs().sum() > 0 and with_pos.pos_pixel.weight.grad.abs().sum() > 0

@@ -323,11 +323,6 @@ def test_init_from_swaps_the_pixel_block_and_keeps_the_rest(tmp_path):
     assert any(".block.q." in k for k in new) and not any(".block.dw." in k for k in new)
     with pytest.raises(VosError, match="does not match"):
         train(cfg_for(tmp_path / "c", "optim.steps=1", f"init_from={tmp_path / 'a/checkpoint.pt'}", "model.channels=16"))
-    # descriptor position the source lacks starts fresh (at zero), the rest is the source's
-    pos = load_checkpoint(train(cfg_for(tmp_path / "d", "optim.steps=1", "optim.lr=0.0", "model.desc_position=true",
-                                        f"init_from={tmp_path / 'a/checkpoint.pt'}")))["model"]
-    assert all(torch.equal(base[k], pos[k]) for k in base if ".num_batches" not in k)
-    assert pos["desc_pos.weight"].abs().sum() == 0 and pos["pos_desc.weight"].abs().sum() == 0
 
 
 def test_composite_regime_pastes_the_object_onto_another_video(tmp_path):
@@ -462,10 +457,6 @@ def test_learning_rate_schedule(tmp_path):
     assert len(t.opt.param_groups[1]["params"]) == len(path)
     t.train_step([_batch(t.cfg)])
     assert t.sched.get_last_lr() == pytest.approx([1e-3 * 0.2, 1e-2 * 0.2])
-    # so does descriptor position, the other path that starts as a no-op
-    t = Trainer(cfg_for(tmp_path, "model.desc_position=true", "optim.short_term_lr=1e-2"))
-    paths = {id(p) for m in (t.model.desc_pos, t.model.pos_desc, t.model.pos_pixel) for p in m.parameters()}
-    assert {id(p) for p in t.opt.param_groups[1]["params"]} == paths and len(paths) == 6
 
 
 def test_dense_and_sparse_clips_are_augmented_alike(tmp_path):
@@ -584,37 +575,6 @@ def test_crossing_moves_pasted_objects_over_a_clip_object_and_past_it():
                 moved.append(np.hypot(*(c[1] - c[0])))
         travel[row] = np.mean(moved)
     assert travel["merge_crossing"] > travel["merge"] + 3  # pasted objects travel further on frame 1
-
-
-def test_twin_pastes_the_object_again_beside_it_as_background():
-    from vos.data.augment import AUGMENT
-    from vos.data.clips import _twin, make_sample
-
-    h = w = 96
-    m = np.zeros((h, w), np.int32)
-    m[40:56, 10:26] = 2  # the object, near the left edge: its twin can only go right, up or down
-    img = np.zeros((h, w, 3), np.uint8)
-    img[40:56, 10:26] = (200, 30, 30)
-    imgs, masks = _twin([img] * 3, [m] * 3, 2, np.random.default_rng(0))
-    for i, mk in zip(imgs, masks):
-        assert (mk == 2).sum() == 256  # the object keeps its label
-        red = (i[..., 0] > 150) & (mk == 0)  # its twin: the same pixels elsewhere, left as background
-        assert red.sum() > 100  # (partly out of the frame at most by a quarter of its size)
-        ys, xs = np.nonzero(red)
-        assert xs.min() >= 26 + 9 or ys.max() < 40 - 9 or ys.min() >= 56 + 9  # beyond the box by >= 10 % of the frame
-    big = np.zeros((h, w), np.int32)
-    big[5:90, 5:90] = 1  # no room for a twin on any side: unchanged
-    assert _twin([img], [big], 1, np.random.default_rng(0))[1][0] is big
-
-    assert AUGMENT["merge"].twin == 0 and AUGMENT["merge_twin"].twin > 0 and AUGMENT["static_twin"].twin > 0
-    red = _one_colour_unit(0, (42, 54, 58, 70))  # small: room for a twin beside it
-    n_red = {row: [] for row in ("static", "static_twin")}
-    for row in n_red:
-        for seed in range(12):
-            s = make_sample(red, "static", (64, 64), 3, 12, seed=seed, aug=AUGMENT[row])
-            img = s["images"][0] * 255
-            n_red[row].append(int(((img[0] > 180) & (s["masks"][0].sum(0) == 0)).sum()))
-    assert max(n_red["static"]) < 20 and sum(r > 30 for r in n_red["static_twin"]) >= 3  # bright red left as background: twins
 
 
 def test_long_clips_run_forward_then_back_with_a_window_of_recent_frames():

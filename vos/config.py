@@ -129,10 +129,6 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     short_term: ShortTermConfig = field(default_factory=ShortTermConfig)
-    # Each descriptor also carries where its mask was: the mask-weighted mean of the pixels' sine positional
-    # encoding (centroid and extent at several frequencies) added through a linear layer that starts at zero; and
-    # the decoder's logits read it: a term (descriptor . pixel position) that also starts at zero.
-    desc_position: bool = False
 
 
 # ------------------------------------------------------------------------------------------- inference
@@ -227,8 +223,7 @@ class OptimConfig:
     clip_grad: float = bounded(1.0, above=0)
     amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; bf16 on a CPU with native bf16, else off
     train: Trainable = Trainable.all  # which of HODOR.param_groups() the optimizer moves
-    # peak lr of the paths that start as no-ops (the short-term path, model.desc_position; 0 = lr): the short-term
-    # path starts as a no-op (its last layer at zero) and, fine-tuned into a
+    # peak lr of the short-term path (0 = lr): it starts as a no-op (its last layer at zero) and, fine-tuned into a
     # trained model at the model's lr, stays one (offsets <= 0.2 logits after 800 steps: RESULTS.md)
     short_term_lr: float = bounded(0.0, min=0)
     max_nonfinite: int = bounded(10, min=1)  # stop after this many non-finite losses in a row

@@ -29,9 +29,6 @@ class Augment:
     # pseudo-clips (static, composite, merge): the frames' homographies lie on one straight path from frame 0's to
     # the last frame's (linear interpolation), so things move smoothly over long clips instead of jumping per frame
     smooth: bool = False
-    # static, composite, merge: chance that one of the clip's objects gets a twin: its own pixels, frame by frame,
-    # pasted again away from it and drifting on its own, unlabelled: only where the object was tells them apart
-    twin: float = 0.0
 
 
 # Static pseudo-clips need strong warps and colour changes to imitate motion; real video frames (sparse, dense)
@@ -45,8 +42,6 @@ AUGMENT = {
     "merge_leave": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5),
     "static_smooth": Augment(warp0=0.3, warp=1.0, colour=True, smooth=True),
     "merge_leave_smooth": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, smooth=True),
-    "static_twin": Augment(warp0=0.3, warp=1.0, colour=True, twin=0.5),
-    "merge_twin": Augment(warp0=0.3, warp=1.0, colour=True, twin=0.5),
     "sparse": Augment(warp0=0.3, warp=0.3, colour=False),
     "dense": Augment(warp0=0.3, warp=0.3, colour=False),
 }

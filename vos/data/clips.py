@@ -162,38 +162,6 @@ def _affine(imgs, masks, A: np.ndarray):
             [cv2.warpAffine(m.astype(np.uint8), A, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) for m in masks])
 
 
-def _twin(imgs, masks, obj: int, rng: np.random.Generator, drift: float = 0.04):
-    """Paste a twin of object `obj` (its own pixels on each frame) beside it, beyond its frame-0 bounding box by
-    10-30 % of the frame, drifting by up to `drift` of the frame a frame on its own; its pixels become background
-    (what it covers is occluded). Appearance cannot tell the two apart, only where the object was. Unchanged when
-    no side has room for it on frame 0."""
-    h, w = masks[0].shape
-    ys, xs = np.nonzero(masks[0] == obj)
-    if not len(xs):
-        return imgs, masks
-    gap = rng.uniform(0.1, 0.3) * np.array([w, h])
-    size = np.array([xs.max() - xs.min() + 1, ys.max() - ys.min() + 1])
-    lo, hi = np.array([xs.min(), ys.min()]), np.array([xs.max(), ys.max()])
-    sides = []
-    for axis in (0, 1):
-        for sign in (-1, 1):
-            d = np.zeros(2)
-            d[axis] = sign * (size[axis] + gap[axis])
-            if (lo + d >= -0.25 * size).all() and (hi + d < np.array([w, h]) + 0.25 * size).all():
-                sides.append(d)
-    if not sides:
-        return imgs, masks
-    d0, v = sides[int(rng.integers(len(sides)))], rng.uniform(-drift, drift, 2) * np.array([w, h])
-    out_i, out_m = [], []
-    for t, (img, m) in enumerate(zip(imgs, masks)):
-        dx, dy = d0 + t * v
-        (src,), (keep,) = _affine([img], [m == obj], np.array([[1.0, 0, dx], [0, 1.0, dy]]))
-        keep = keep > 0
-        out_i.append(paste(src, keep, img))
-        out_m.append(np.where(keep, 0, m).astype(m.dtype))
-    return out_i, out_m
-
-
 def _shrink(imgs, masks, rng: np.random.Generator, scale=(0.35, 0.8)):
     """Scale a partner clip down about a random point (one factor for all frames), so that its pasted objects
     occlude part of the scene rather than all of it."""
@@ -240,9 +208,6 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
     else:
         rng.shuffle(objs)
     objs = objs[:max_objects]
-    if aug.twin and regime in ("static", "composite", "merge") and objs and rng.random() < aug.twin:
-        imgs, masks = _twin(imgs, masks, objs[int(rng.integers(len(objs)))], rng)
-        objs = [o for o in objs if o in _big_objects(masks[0])]
     K = max_objects
     onehot = np.zeros((clip_len, K, *size), np.float32)
     has = np.array([m is not None for m in masks])

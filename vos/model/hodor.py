@@ -31,7 +31,6 @@ from vos.model.pixel_blocks import build_pixel_block, groups_for
 from vos.model.short_term import LastFrame, ShortTermPath
 
 NEG = -1e4  # "minus infinity" that stays finite in fp16/bf16 and in gradients
-POS_CHANNELS = 16  # width of the positional logit term (model.desc_position)
 STRIDE = 32  # inputs are padded to a multiple of the coarsest backbone stride
 
 
@@ -163,14 +162,6 @@ class HODOR(nn.Module):
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
         st = cfg.short_term
         self.short_term = ShortTermPath(c, st.key_channels, st.radius) if st.radius else None
-        self.desc_pos = nn.Linear(c, c) if cfg.desc_position else None
-        # ... and the mask decision reads it: a logit term descriptor . pixel position (POS_CHANNELS wide)
-        self.pos_desc = nn.Linear(c, POS_CHANNELS) if cfg.desc_position else None
-        self.pos_pixel = nn.Linear(c, POS_CHANNELS) if cfg.desc_position else None
-        if self.desc_pos is not None:  # a no-op at first: a trained model gains position without losing itself
-            for layer in (self.desc_pos, self.pos_desc):
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
 
     def train(self, mode: bool = True) -> "HODOR":
         """Backbone BatchNorm statistics stay frozen: training batches of a few clips are too small for them."""
@@ -257,9 +248,6 @@ class HODOR(nn.Module):
         pos = sine_position(h, w, C, f.device, f.dtype)[None]
         for layer in self.encoder:
             d = layer(d, query, pixels, pos, attn_masks, pad)
-        if self.desc_pos is not None:
-            where = attn_masks / attn_masks.sum(-1, keepdim=True).clamp(min=1e-6)
-            d = d + self.desc_pos(where @ pos)
         return d
 
     # ------------------------------------------------------------------------------------------- decoder
@@ -281,11 +269,6 @@ class HODOR(nn.Module):
         e = self.head(e + feats.f4)
         k = self.desc_proj(desc)  # (B, T, Q, Cm)
         logits = torch.einsum("btqc,bchw->btqhw", k, e) / math.sqrt(k.shape[-1])
-        if self.pos_desc is not None:  # where each past descriptor's mask was, against where each pixel is
-            h4, w4 = e.shape[-2:]
-            pix = self.pos_pixel(sine_position(h4, w4, C, e.device, e.dtype))  # (h4 w4, P)
-            near = torch.einsum("btqc,pc->btqp", self.pos_desc(desc), pix) / math.sqrt(POS_CHANNELS)
-            logits = logits + near.view(B, T, Q, h4, w4)
         logits = logits.masked_fill(~desc_valid[..., None, None], NEG).amax(1)
         return torch.cat([self.catch_all(e), logits], 1)
 
@@ -348,12 +331,6 @@ class HODOR(nn.Module):
         logits, probs = self.predict(feats, memory, memory_valid, num_objects, last)
         probs, desc = self.commit(feats, probs, given, given_valid, valid, detach_probs, encode)
         return StepOutput(logits, probs, desc, self.remember(feats, probs))
-
-    def new_paths(self) -> list[nn.Parameter]:
-        """Parameters of the paths that start as no-ops (short-term path, descriptor position): trained at their own
-        lr (`optim.short_term_lr`) when fine-tuned into a trained model."""
-        mods = [m for m in (self.short_term, self.desc_pos, self.pos_desc, self.pos_pixel) if m is not None]
-        return [p for m in mods for p in m.parameters()]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Three disjoint groups, from the most generic to the most task-specific: "early": the backbone's stages up
