@@ -127,8 +127,9 @@ def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SP
     when complete: an interrupted build leaves no half dataset."""
     out = Path(out)
     seqs = {s.name: s for s in list_sequences(Path(data_root) / "davis2016", "davis2016", str(split))}
-    if len(seqs) < (1 if twins else 3):
-        raise VosError(f"composites need at least 3 videos in {split}; found {len(seqs)}")
+    need = 1 if twins else 3
+    if len(seqs) < need:
+        raise VosError(f"{'twins' if twins else 'composites'} need at least {need} video(s) in {split}; found {len(seqs)}")
     made = []
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
