@@ -258,3 +258,47 @@ def test_validation_twins_paste_each_object_beside_itself_as_background(tmp_path
         ys, xs = np.nonzero(red & (ids == 0))  # the twin: red, background, to the right (more room there)
         x_obj = np.nonzero(ids == 1)[1]
         assert len(xs) > 0.5 * 46 * 46 and xs.min() >= x_obj.max() + 0.05 * 320 - 2
+
+
+def test_training_composites_take_every_mask_from_the_teacher(tmp_path, monkeypatch):
+    """The `composites` source kind builds composites of its split's videos once, with the masks of the teacher's
+    folder (not the dataset's) on every frame, cut to max_gap + 1 frames; dense units read them all, sparse units
+    only frame 0; without a teacher it names what to run."""
+    from vos.config import DataSource
+    from vos.data import sources
+    from vos.utils import VosError
+
+    monkeypatch.setattr(sources, "REPO", tmp_path)  # the built composites go to tmp_path/data
+    clips = {name: square_clip([(20 + 30 * i, 40, 4, 2)], 12, size=50, colours={1: colour}, seed=i)
+             for i, (name, colour) in enumerate([("a", (250, 0, 0)), ("b", (0, 250, 0)), ("c", (0, 0, 250))])}
+    write_davis(tmp_path / "shared" / "davis2016", clips, "val", layout="davis2016")
+    h, w = clips["a"][1][0].shape
+    blocks = {}
+    for i, name in enumerate(clips):  # the teacher's masks: a block of its own per video, not the dataset's square
+        blocks[name] = np.zeros((h, w), bool)
+        blocks[name][50 * i: 50 * i + 50, 100 * i: 100 * i + 80] = True
+        (tmp_path / "teacher" / name).mkdir(parents=True)
+        for t in range(12):
+            write_mask(tmp_path / "teacher" / name / f"{t:05d}.png", blocks[name].astype(np.uint8))
+    src = DataSource(kind="composites", root="davis2016", split="val", regime="dense",
+                     pseudo_labels=str(tmp_path / "teacher"), length=4, max_gap=5)
+    units = sources.units_from_source(src, tmp_path / "shared")
+    (built,) = (tmp_path / "data").iterdir()
+    names = (built / "ImageSets" / "2017" / "val.txt").read_text().split()
+    assert len(units) == len(names) == 4 and all(u.n_frames == 6 and u.annotated == 0 and u.dense for u in units)
+    for unit, name in zip(units, names):
+        for t in (0, 5):
+            ids = unit.load_mask(t)
+            assert ids.shape == (h, w) and (ids == 1).any() and not (ids > len(name.split("+"))).any()
+            for k, video in enumerate(name.split("+"), 1):  # each id inside its video's block (or its mirror image)
+                assert ((ids == k) <= (blocks[video] | blocks[video][:, ::-1])).all()
+    sparse = sources.units_from_source(DataSource(**{**src.__dict__, "regime": "sparse"}), tmp_path / "shared")
+    assert sparse[0].load_mask(0).any()
+    with pytest.raises(VosError, match="sparse"):
+        sparse[0].load_mask(3)
+    with pytest.raises(VosError, match="pseudo_train20"):
+        sources.units_from_source(DataSource(**{**src.__dict__, "pseudo_labels": ""}), tmp_path / "shared")
+    write_mask(tmp_path / "teacher" / "b" / "00003.png", np.zeros((h // 2, w), np.uint8))  # a label of the wrong size
+    with pytest.raises(MaskError, match="00003"):
+        sources.units_from_source(DataSource(**{**src.__dict__, "length": 3}), tmp_path / "shared")
+    assert not (tmp_path / "data" / f"val-teacher-3x6").exists()  # no half-built dataset left under its name

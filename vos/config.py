@@ -173,7 +173,7 @@ class InferConfig:
 # -------------------------------------------------------------------------------------------- training
 @dataclass
 class DataSource:
-    # synthetic | static_folder | coco | davis2016 | davis2017 | youtubevos (vos.data.sources.SOURCES)
+    # synthetic | static_folder | coco | davis2016 | davis2017 | youtubevos | composites (vos.data.sources.SOURCES)
     kind: str = "synthetic"
     root: str = ""  # relative to data.root unless absolute
     split: str = "train"
@@ -190,7 +190,7 @@ class DataSource:
     # `python -m vos.experiment TEACHER`: outputs/experiments/TEACHER; relative to the repository unless absolute).
     # The annotated frame keeps its own mask; the others train with these (distillation, issue 23).
     pseudo_labels: str = ""
-    length: int = bounded(64, min=1)  # synthetic: number of generated clips
+    length: int = bounded(64, min=1)  # synthetic: number of generated clips; composites: number of sequences
 
 
 # Where datasets live: the VOS_DATA environment variable, else ../shared/data (the development machines' copy).

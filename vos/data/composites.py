@@ -14,7 +14,14 @@ Twins (`--twins`): each video's first 40 frames with its own object, frame by fr
 left as background in the masks: an exact look-alike that only where the object was tells apart (a model that
 goes by appearance alone takes both and scores J ~0.5).
 
-Only for validation: never train on it (its videos are the validation videos).
+The validation composites are for validation only: never train on them (their videos are the validation
+videos). Training composites are built the same way from the training videos with `labels`: a teacher's masks of
+every frame (the model's own predictions from the one annotated frame, e.g. outputs/experiments/pseudo_train20),
+so that the objects pasted and the id maps come from no human mask beyond the first frame; the data source kind
+`composites` (vos.data.sources) builds them on first use:
+
+    python -m vos.data.composites --split configs/splits/davis2016_train20.txt \
+        --labels outputs/experiments/pseudo_train20 --sequences 60 --frames 30 --out data/train20-composites
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from PIL import Image
 
 from vos.data.datasets import Sequence, list_sequences
 from vos.data.images import read_image
-from vos.data.masks import write_mask
+from vos.data.masks import read_mask, write_mask
 from vos.utils import VosError, atomic_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,31 +66,39 @@ def plans(names: list[str], count: int, seed: int) -> list[Plan]:
         base = names[i % len(names)]
         others = [n for n in names if n != base]
         k = 1 if i < count // 2 else 2
-        out.append(Plan(base, tuple(str(p) for p in rng.choice(others, k, replace=False))))
+        for _ in range(100):  # a plan drawn twice is drawn again (same draws as before when none repeats)
+            plan = Plan(base, tuple(str(p) for p in rng.choice(others, k, replace=False)))
+            if plan not in out:
+                break
+        out.append(plan)
     return out
 
 
-def _frames(seq: Sequence, n: int, size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The first n frames (RGB) and object masks (bool) of a single-object DAVIS-2016 sequence at size (H, W)."""
+def _frames(seq: Sequence, n: int, size: tuple[int, int], labels: Path | None = None
+            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The first n frames (RGB) and object masks (bool) of a single-object DAVIS-2016 sequence at size (H, W); the
+    masks from `labels`/<seq>/<frame>.png (any id > 0 is the object) instead of the sequence's own when given."""
     images, masks = [], []
     for t in range(n):
         images.append(read_image(seq.frame_dir / f"{seq.frame_names[t]}.jpg", size))
-        ids, _ = seq.read_mask(t)
+        ids = (read_mask(labels / seq.name / f"{seq.frame_names[t]}.png", size)[0] if labels else seq.read_mask(t)[0])
         m = Image.fromarray((ids > 0).astype(np.uint8) * 255)
         masks.append(np.asarray(m.resize((size[1], size[0]), Image.NEAREST)) > 0)
     return images, masks
 
 
-def compose(plan: Plan, seqs: dict[str, Sequence]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(frames RGB, id maps uint8) of one composite."""
+def compose(plan: Plan, seqs: dict[str, Sequence], labels: Path | None = None, max_frames: int | None = None
+            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(frames RGB, id maps uint8) of one composite (at most max_frames long; masks from `labels` as `_frames`)."""
     base = seqs[plan.base]
     n = min(len(seqs[s].frame_names) for s in (plan.base, *plan.partners))
+    n = min(n, max_frames or n)
     first = read_image(base.frame_dir / f"{base.frame_names[0]}.jpg")
     size = first.shape[:2]
-    frames, base_masks = _frames(base, n, size)
+    frames, base_masks = _frames(base, n, size, labels)
     ids = [m.astype(np.uint8) for m in base_masks]
     for k, partner in enumerate(plan.partners, 2):
-        images, masks = _frames(seqs[partner], n, size)
+        images, masks = _frames(seqs[partner], n, size, labels)
         below = sum(int(((i > 0) & m).sum()) for i, m in zip(ids, masks))
         below_flipped = sum(int(((i > 0) & m[:, ::-1]).sum()) for i, m in zip(ids, masks))
         flip = below_flipped < below
@@ -120,12 +135,18 @@ def twin(seq: Sequence, n: int = TWIN_FRAMES) -> tuple[list[np.ndarray], list[np
 
 
 def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SPLIT, count: int = 12,
-          seed: int = 0, twins: bool = False) -> Path:
+          seed: int = 0, twins: bool = False, labels: str | Path | None = None, max_frames: int | None = None) -> Path:
     """Write the composites of `split` (DAVIS-2016 sequences under data_root/davis2016) to `out` in the DAVIS-2017
     layout (JPEGImages/480p, Annotations/480p with every frame annotated, ImageSets/2017/val.txt); with `twins`, each
-    video with a twin of its object (`twin`; count and seed unused). The folder is written beside `out` and renamed
-    when complete: an interrupted build leaves no half dataset."""
+    video with a twin of its object (`twin`; count and seed unused). `labels`: a folder <seq>/<frame>.png of masks
+    for every frame to use instead of the dataset's (a teacher's, for training composites); `max_frames`: cut each
+    composite to its first frames. The folder is written beside `out` and renamed when complete: an interrupted
+    build leaves no half dataset."""
     out = Path(out)
+    labels = Path(labels) if labels else None
+    if labels is not None and not labels.is_dir():
+        raise VosError(f"label folder not found: {labels}; run the teacher experiment that writes it "
+                       "(e.g. python -m vos.experiment pseudo_train20)")
     seqs = {s.name: s for s in list_sequences(Path(data_root) / "davis2016", "davis2016", str(split))}
     need = 1 if twins else 3
     if len(seqs) < need:
@@ -135,7 +156,7 @@ def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SP
     with atomic_path(out) as tmp:
         tmp = Path(tmp)
         for plan in ([Plan(n, ()) for n in sorted(seqs)] if twins else plans(sorted(seqs), count, seed)):
-            frames, ids = twin(seqs[plan.base]) if twins else compose(plan, seqs)
+            frames, ids = twin(seqs[plan.base]) if twins else compose(plan, seqs, labels, max_frames)
             hidden = [k for k in range(1, 2 + len(plan.partners)) if (ids[0] == k).sum() < MIN_VISIBLE]
             if hidden:
                 print(f"skipping {plan.name}: object(s) {hidden} hardly visible on the first frame")
@@ -170,11 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sequences", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--twins", action="store_true", help="each video with a twin of its object instead")
+    ap.add_argument("--labels", help="masks of every frame to use instead of the split's (training composites)")
+    ap.add_argument("--frames", type=int, help="cut each composite to its first FRAMES frames")
     a = ap.parse_args(argv)
     out = a.out or str(ROOT / "data" / (TWINS if a.twins else NAME))
     if Path(out).exists():
         raise SystemExit(f"{out} exists; remove it first to build it again")
-    print(build(out, a.data_root, a.split, a.sequences, a.seed, a.twins))
+    print(build(out, a.data_root, a.split, a.sequences, a.seed, a.twins, a.labels, a.frames))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,35 @@ for _kind in ("davis2016", "davis2017", "youtubevos"):
     register(_kind)(_video_dataset)
 
 
+@register("composites")
+def _composites(src, root: Path) -> list[Annotated]:
+    """Multi-object training composites of the DAVIS-2016 videos of `split` under `root` (vos.data.composites:
+    other videos' objects pasted in frame by frame), `length` sequences of max_gap + 1 frames, their masks taken
+    from the teacher's `pseudo_labels` (no human mask beyond each video's first frame). Built once into
+    data/<split>-<teacher>-<length>x<frames> in the repository, then read as a DAVIS-2017 dataset."""
+    from vos.data import composites
+
+    if not src.pseudo_labels:
+        raise VosError("a composites source needs pseudo_labels: the teacher's masks of every frame of its videos "
+                       "(e.g. outputs/experiments/pseudo_train20, written by python -m vos.experiment pseudo_train20)")
+    labels = Path(src.pseudo_labels)
+    labels = labels if labels.is_absolute() else REPO / labels
+    frames = src.max_gap + 1
+    out = REPO / "data" / f"{Path(src.split).stem}-{labels.name}-{src.length}x{frames}"
+    if not (out / "ImageSets" / "2017" / "val.txt").is_file():
+        print(f"building the training composites once: {out}")
+        composites.build(out, root.parent, src.split, src.length, labels=labels, max_frames=frames)
+    dense = src.regime == "dense"
+    units = []
+    for s in list_sequences(out, "davis2017", "val"):
+        def load_mask(t, s=s, dense=dense):
+            if t != 0 and not dense:
+                raise VosError("internal: a non-annotated mask was requested in the sparse regime")
+            return s.read_mask(t)[0]
+        units.append(Annotated(len(s.frame_names), s.frames().__getitem__, load_mask, 0, dense))
+    return units
+
+
 @register("static_folder")
 def _static_folder(src, root: Path) -> list[Annotated]:
     """images/<name>.jpg|png with masks/<name>.png (palette ids)."""
