@@ -21,7 +21,7 @@ so that the objects pasted and the id maps come from no human mask beyond the fi
 `composites` (vos.data.sources) builds them on first use:
 
     python -m vos.data.composites --split configs/splits/davis2016_train20.txt \
-        --labels outputs/experiments/pseudo_train20 --sequences 60 --frames 30 --out data/train20-composites
+        --labels outputs/experiments/pseudo_train20 --sequences 60 --frames 25 --out DIR
 """
 
 from __future__ import annotations

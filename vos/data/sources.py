@@ -136,12 +136,15 @@ def _composites(src, root: Path) -> list[Annotated]:
     """Multi-object training composites of the DAVIS-2016 videos of `split` under `root` (vos.data.composites:
     other videos' objects pasted in frame by frame), `length` sequences of max_gap + 1 frames, their masks taken
     from the teacher's `pseudo_labels` (no human mask beyond each video's first frame). Built once into
-    data/<split>-<teacher>-<length>x<frames> in the repository, then read as a DAVIS-2017 dataset."""
+    data/<split>-<teacher>-<length>x<frames> in the repository (delete it when the teacher changes), then read as a
+    DAVIS-2017 dataset."""
     from vos.data import composites
 
     if not src.pseudo_labels:
         raise VosError("a composites source needs pseudo_labels: the teacher's masks of every frame of its videos "
                        "(e.g. outputs/experiments/pseudo_train20, written by python -m vos.experiment pseudo_train20)")
+    if root.name != "davis2016":
+        raise VosError(f"a composites source pastes DAVIS-2016 videos: its root must be the davis2016 folder, not {root}")
     labels = Path(src.pseudo_labels)
     labels = labels if labels.is_absolute() else REPO / labels
     frames = src.max_gap + 1
