@@ -85,15 +85,21 @@ def pick_annotated(name: str, frame_names: list[str], annotated_frames: list[int
 
 
 def _video_dataset(src, root: Path) -> list[Annotated]:
+    return _video_units(root, src.kind, src.split, src.regime, src.annotated, _pseudo_labels(src))
+
+
+def _video_units(root: Path, layout: str, split: str, regime: str, annotated: str,
+                 pseudo: Path | None) -> list[Annotated]:
+    """One unit per sequence of a video dataset; masks beyond the annotated frame only in the dense regime (from
+    the teacher's folder `pseudo` when given)."""
     units = []
-    pseudo = _pseudo_labels(src)
-    for s in list_sequences(root, src.kind, src.split):
+    for s in list_sequences(root, layout, split):
         frames = s.frames()
         ann = sorted(s.annotations)
         if not ann:
             continue
-        a = pick_annotated(s.name, s.frame_names, ann, src.annotated, sum(map(ord, s.name)))
-        dense = src.regime == "dense"
+        a = pick_annotated(s.name, s.frame_names, ann, annotated, sum(map(ord, s.name)))
+        dense = regime == "dense"
         labels = {}
         if pseudo is not None:
             labels = {t: pseudo / s.name / f"{n}.png" for t, n in enumerate(s.frame_names)}
@@ -152,15 +158,7 @@ def _composites(src, root: Path) -> list[Annotated]:
     if not (out / "ImageSets" / "2017" / "val.txt").is_file():
         print(f"building the training composites once: {out}")
         composites.build(out, root.parent, src.split, src.length, labels=labels, max_frames=frames)
-    dense = src.regime == "dense"
-    units = []
-    for s in list_sequences(out, "davis2017", "val"):
-        def load_mask(t, s=s, dense=dense):
-            if t != 0 and not dense:
-                raise VosError("internal: a non-annotated mask was requested in the sparse regime")
-            return s.read_mask(t)[0]
-        units.append(Annotated(len(s.frame_names), s.frames().__getitem__, load_mask, 0, dense))
-    return units
+    return _video_units(out, "davis2017", "val", src.regime, "first", None)
 
 
 @register("static_folder")
