@@ -1,5 +1,6 @@
 """Test-time adaptation (vos.adapt): fine-tuned copies through the training loop's own step, handed to the Tracker."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -110,6 +111,31 @@ def test_the_loss_ignores_void_pixels():
     torch.testing.assert_close(mask_loss(changed, target, valid, 1, void), a)
     assert not torch.allclose(mask_loss(changed, target, valid, 1), mask_loss(logits, target, valid, 1))
 
+
+def test_the_hard_pixel_cross_entropy_averages_the_hardest_known_pixels():
+    import torch.nn.functional as F
+
+    from vos.train.cycles import hardest_mean, mask_loss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    labels[0, :3] = -100  # void
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    known = labels != -100
+    torch.testing.assert_close(hardest_mean(ce, known, 1.0), F.cross_entropy(logits, labels))
+    top = ce[known].sort(descending=True).values[: math.ceil(0.25 * int(known.sum()))]
+    torch.testing.assert_close(hardest_mean(ce, known, 0.25), top.mean())
+    easier = ce.clone()
+    easier[known & (ce < top[-1])] = 0  # the pixels outside the hardest quarter made easy: no change
+    torch.testing.assert_close(hardest_mean(easier, known, 0.25), top.mean())
+    harder = ce.clone()
+    harder[known & (ce >= top[-1])] += 1  # the hardest ones made harder: it rises by exactly that
+    torch.testing.assert_close(hardest_mean(harder, known, 0.25), top.mean() + 1)
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., :4] = 1
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    lg = torch.randn(1, 3, 8, 8)
+    assert mask_loss(lg, target, valid, 1, hard_pixels=0.25) > mask_loss(lg, target, valid, 1)
 
 def _parts(s: VideoSession):
     return s.frames, s.prompts

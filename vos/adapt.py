@@ -89,6 +89,7 @@ def _train_config(model: HODOR, cfg, amp: bool, device: torch.device) -> DictCon
     """The training config of one adaptation: the model's own, the adaptation's optimiser settings."""
     return config_from_dict(TrainConfig, {
         "model": to_dict(model.cfg), "device": str(device), "seed": cfg.seed, "log": {"wandb": "disabled"},
+        "cycles": {"hard_pixels": cfg.hard_pixels},
         "optim": {"lr": cfg.lr, "weight_decay": 0.0, "warmup": cfg.warmup, "schedule": str(cfg.schedule),
                   "steps": max(1, cfg.steps),
                   "batch_size": cfg.batch_size, "amp": amp, "train": str(cfg.train)}})
@@ -134,7 +135,11 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
     if planned.steps < cfg.steps:
         warnings.warn(f"test-time adaptation: {trainer.step} of {cfg.steps} steps (adapt.seconds reached; the "
                       "learning-rate schedule was shortened to end in time)")
-    return trainer.model.requires_grad_(False).eval()
+    tuned = trainer.model.requires_grad_(False).eval()
+    if cfg.mix < 1:  # a weight-space ensemble with the loaded model (WiSE-FT): keeps what the given frame cannot show
+        for p, p0 in zip(tuned.parameters(), model.parameters(), strict=True):
+            p.lerp_(p0, 1 - cfg.mix)
+    return tuned
 
 
 def adapt_models(tracker: Tracker, frames: FrameSource, prompts: dict[int, dict[int, np.ndarray]], cfg,
