@@ -1,6 +1,5 @@
 """Test-time adaptation (vos.adapt): fine-tuned copies through the training loop's own step, handed to the Tracker."""
 
-import math
 import numpy as np
 import pytest
 import torch
@@ -64,6 +63,20 @@ def test_the_loaded_model_is_untouched_and_a_seed_fixes_the_result(video):
             assert moved != (g in fixed), (train, g)
 
 
+def test_mix_puts_the_adapted_weights_that_far_from_the_loaded_ones(video):
+    d, masks = video
+    (model,) = load_models(d / "m0.pt", torch.device("cpu"))
+    s = _session(d, {0: masks[0]})
+    tuned = {mix: finetune(model, s.frames, s.prompts, AdaptConfig(steps=2, batch_size=2, size=64, seed=3, mix=mix))
+             for mix in (1.0, 0.25, 0.0)}
+    loaded = dict(model.named_parameters())
+    for name, full in tuned[1.0].named_parameters():
+        quarter, none = dict(tuned[0.25].named_parameters())[name], dict(tuned[0.0].named_parameters())[name]
+        torch.testing.assert_close(none, loaded[name])  # mix 0: the loaded weights
+        torch.testing.assert_close(quarter, loaded[name] + 0.25 * (full - loaded[name]))
+    assert any(not torch.equal(p, loaded[n]) for n, p in tuned[0.25].named_parameters())
+
+
 def test_objects_given_at_different_frames_leave_each_other_out_of_the_loss(video, tmp_path):
     """Object 1 given at frame 0, object 2 at frame 3: frame 0 teaches object 1, and where object 2 may be at
     frame 0 (the loaded model's prediction, propagated back from frame 3, dilated) is left out of the loss
@@ -111,31 +124,6 @@ def test_the_loss_ignores_void_pixels():
     torch.testing.assert_close(mask_loss(changed, target, valid, 1, void), a)
     assert not torch.allclose(mask_loss(changed, target, valid, 1), mask_loss(logits, target, valid, 1))
 
-
-def test_the_hard_pixel_cross_entropy_averages_the_hardest_known_pixels():
-    import torch.nn.functional as F
-
-    from vos.train.cycles import hardest_mean, mask_loss
-
-    torch.manual_seed(0)
-    logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
-    labels[0, :3] = -100  # void
-    ce = F.cross_entropy(logits, labels, reduction="none")
-    known = labels != -100
-    torch.testing.assert_close(hardest_mean(ce, known, 1.0), F.cross_entropy(logits, labels))
-    top = ce[known].sort(descending=True).values[: math.ceil(0.25 * int(known.sum()))]
-    torch.testing.assert_close(hardest_mean(ce, known, 0.25), top.mean())
-    easier = ce.clone()
-    easier[known & (ce < top[-1])] = 0  # the pixels outside the hardest quarter made easy: no change
-    torch.testing.assert_close(hardest_mean(easier, known, 0.25), top.mean())
-    harder = ce.clone()
-    harder[known & (ce >= top[-1])] += 1  # the hardest ones made harder: it rises by exactly that
-    torch.testing.assert_close(hardest_mean(harder, known, 0.25), top.mean() + 1)
-    target = torch.zeros(1, 1, 8, 8)
-    target[..., :4] = 1
-    valid = torch.ones(1, 1, dtype=torch.bool)
-    lg = torch.randn(1, 3, 8, 8)
-    assert mask_loss(lg, target, valid, 1, hard_pixels=0.25) > mask_loss(lg, target, valid, 1)
 
 def _parts(s: VideoSession):
     return s.frames, s.prompts

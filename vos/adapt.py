@@ -89,7 +89,6 @@ def _train_config(model: HODOR, cfg, amp: bool, device: torch.device) -> DictCon
     """The training config of one adaptation: the model's own, the adaptation's optimiser settings."""
     return config_from_dict(TrainConfig, {
         "model": to_dict(model.cfg), "device": str(device), "seed": cfg.seed, "log": {"wandb": "disabled"},
-        "cycles": {"hard_pixels": cfg.hard_pixels},
         "optim": {"lr": cfg.lr, "weight_decay": 0.0, "warmup": cfg.warmup, "schedule": str(cfg.schedule),
                   "steps": max(1, cfg.steps),
                   "batch_size": cfg.batch_size, "amp": amp, "train": str(cfg.train)}})

@@ -152,7 +152,6 @@ class AdaptConfig:
     seconds: float = bounded(120.0, min=0)
     seed: int = 0
     train: Trainable = Trainable.late  # all | late (the backbone to stride 8 fixed) | heads (backbone and FPN fixed)
-    hard_pixels: float = bounded(1.0, above=0, max=1)  # the cross-entropy over this share of pixels, the hardest
     # the adapted weights' share of the final ones, the rest the loaded weights' (a weight-space ensemble, WiSE-FT)
     mix: float = bounded(1.0, min=0, max=1)
 
@@ -236,8 +235,6 @@ class OptimConfig:
 class CycleConfig:
     detach_masks: bool = False  # True = the reference code's choice; False = gradients through soft masks
     long_cycles: bool = True  # alternate the 3-frame cycles; False = only [0]->0 and [0]->1->0
-    # the share of each frame's known pixels the cross-entropy averages over, the hardest (bootstrapped CE); 1 = all
-    hard_pixels: float = bounded(1.0, above=0, max=1)
 
 
 @dataclass

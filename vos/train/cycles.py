@@ -102,25 +102,10 @@ def per_object_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.T
     return (iou * v).sum(0), (dice * v).sum(0), v.sum(0)
 
 
-def hardest_mean(loss: torch.Tensor, known: torch.Tensor, share: float) -> torch.Tensor:
-    """The mean of per-pixel `loss` over the `share` of the `known` pixels where it is largest (bootstrapped
-    cross-entropy, as STCN / XMem train with); share 1 = over all known pixels. Exact and free of host syncs: the
-    count stays a tensor."""
-    known = known.flatten()
-    n = known.sum()
-    if share >= 1:
-        return (loss.flatten() * known).sum() / n.clamp(min=1)
-    k = torch.ceil(share * n).clamp(min=1)
-    ranked = torch.where(known, loss.flatten(), loss.new_tensor(-1.0)).sort(descending=True).values
-    keep = torch.arange(ranked.numel(), device=ranked.device) < k
-    return (ranked * keep).sum() / k
-
-
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, num_bg: int,
-              void: torch.Tensor | None = None, hard_pixels: float = 1.0) -> torch.Tensor:
+              void: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy + Dice at full resolution. logits (B, 1 + Qb + K, H, W); target (B, K, H, W) one-hot; void
-    (B, H, W) bool: pixels whose label is unknown, left out of both terms. hard_pixels: the share of the known
-    pixels the cross-entropy averages over, the hardest (1 = all)."""
+    (B, H, W) bool: pixels whose label is unknown, left out of both terms."""
     merged = merged_logits(logits, num_bg).float()
     labels = torch.where(target.sum(1) > 0, probs_to_labels(target) + 1, torch.zeros_like(target[:, 0], dtype=torch.long))
     probs = merged.softmax(1)[:, 1:]
@@ -128,8 +113,8 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, n
         labels = labels.masked_fill(void, -100)  # F.cross_entropy's ignore_index
         known = (~void)[:, None].to(probs.dtype)
         probs, target = probs * known, target * known
-    ce = F.cross_entropy(merged, labels, reduction="none")  # 0 at void pixels
-    return hardest_mean(ce, labels != -100, hard_pixels) + dice_loss(probs, target, valid.float())
+    ce = F.cross_entropy(merged, labels)
+    return ce + dice_loss(probs, target, valid.float())
 
 
 class CycleGraph:
@@ -181,10 +166,9 @@ def split_features(model: nn.Module, images: torch.Tensor) -> list[Features]:
 class CycleModel(nn.Module):
     """Wraps HODOR so that one forward() computes all cycle losses of a batch (what DDP needs to wrap)."""
 
-    def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, hard_pixels: float = 1.0):
+    def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool):
         super().__init__()
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
-        self.hard_pixels = hard_pixels
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path, and
@@ -216,7 +200,7 @@ class CycleModel(nn.Module):
             if "void" in batch:
                 void = void | batch["void"][:, target]
             sup_valid = valid & sup[:, None]
-            losses[name_of(path)] = mask_loss(lg, tgt, sup_valid, m.num_bg, void, self.hard_pixels)
+            losses[name_of(path)] = mask_loss(lg, tgt, sup_valid, m.num_bg, void)
             outputs[name_of(path)] = lg.detach()
             scores += torch.stack(per_object_scores(lg, tgt, sup_valid, m.num_bg))
         total = sum(losses.values()) / len(losses)
