@@ -75,6 +75,7 @@ def test_mix_puts_the_adapted_weights_that_far_from_the_loaded_ones(video):
         torch.testing.assert_close(none, loaded[name])  # mix 0: the loaded weights
         torch.testing.assert_close(quarter, loaded[name] + 0.25 * (full - loaded[name]))
     assert any(not torch.equal(p, loaded[n]) for n, p in tuned[0.25].named_parameters())
+    assert not any(p.requires_grad for p in tuned[0.25].parameters())
 
 
 def test_objects_given_at_different_frames_leave_each_other_out_of_the_loss(video, tmp_path):

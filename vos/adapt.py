@@ -2,7 +2,10 @@
 each model on the annotated frame(s) of THIS video with the training loop's own step (`Trainer.train_step`:
 same cycles, loss, clipping and precision), on the training code's own clips: static pseudo-clips of the given
 frame (warps + colour jitter) and, where the video has other frames, short forward-backward cycles through
-them (the weakly-supervised regime, loss only on the given frame). The Tracker then runs the finished copies.
+them (the weakly-supervised regime, loss only on the given frame). The finished copy is a weight-space ensemble
+with the loaded model (WiSE-FT: `adapt.mix` x the adapted weights + the rest x the loaded ones): the given frame
+cannot show how the object will look later, and the loaded weights keep that (a turning car: RESULTS.md). The
+Tracker then runs the finished copies.
 
     runner = vos.adapt.runner(cfg)     # infer.py's Runner, adapting every job when cfg.adapt.steps > 0
 
@@ -103,7 +106,7 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
     deadline (time.perf_counter() value): training ends by then; when the steps would not fit, the learning-rate
     schedule is shortened, from the measured time per step (after the first, which also builds the trainer), to
     end within it (rather than stopping mid-schedule at a high learning rate), with a warning. on_step() is called
-    after every step."""
+    after every step. The copy's weights end cfg.mix of the way from the loaded ones to the trained ones."""
     device = next(model.parameters()).device
     units = _units(frames, prompts, elsewhere)
     max_objects = max(len(m) for m in prompts.values())
@@ -136,8 +139,9 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
                       "learning-rate schedule was shortened to end in time)")
     tuned = trainer.model.requires_grad_(False).eval()
     if cfg.mix < 1:  # a weight-space ensemble with the loaded model (WiSE-FT): keeps what the given frame cannot show
-        for p, p0 in zip(tuned.parameters(), model.parameters(), strict=True):
-            p.lerp_(p0, 1 - cfg.mix)
+        with torch.no_grad():
+            for p, p0 in zip(tuned.parameters(), model.parameters(), strict=True):
+                p.lerp_(p0, 1 - cfg.mix)
     return tuned
 
 

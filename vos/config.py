@@ -153,7 +153,7 @@ class AdaptConfig:
     seed: int = 0
     train: Trainable = Trainable.late  # all | late (the backbone to stride 8 fixed) | heads (backbone and FPN fixed)
     # the adapted weights' share of the final ones, the rest the loaded weights' (a weight-space ensemble, WiSE-FT)
-    mix: float = bounded(1.0, min=0, max=1)
+    mix: float = bounded(0.75, min=0, max=1)
 
 
 @dataclass
