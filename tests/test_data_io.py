@@ -6,6 +6,7 @@ from vos.data import FrameError, FrameFolder, MaskError, VideoFile, list_sequenc
 from vos.data.masks import DAVIS_PALETTE
 from vos.data.synthetic import make_clip, square_clip, write_davis, write_mp4, write_youtubevos
 import filecmp
+import threading
 from pathlib import Path
 
 import cv2
@@ -283,7 +284,7 @@ def test_training_composites_take_every_mask_from_the_teacher(tmp_path, monkeypa
     src = DataSource(kind="composites", root="davis2016", split="val", regime="dense",
                      pseudo_labels=str(tmp_path / "teacher"), length=4, max_gap=5)
     units = sources.units_from_source(src, tmp_path / "shared")
-    (built,) = (tmp_path / "data").iterdir()
+    (built,) = [d for d in (tmp_path / "data").iterdir() if d.is_dir()]
     names = (built / "ImageSets" / "2017" / "val.txt").read_text().split()
     assert len(units) == len(names) == 4 and all(u.n_frames == 6 and u.annotated == 0 and u.dense for u in units)
     for unit, name in zip(units, names):
@@ -302,3 +303,21 @@ def test_training_composites_take_every_mask_from_the_teacher(tmp_path, monkeypa
     with pytest.raises(MaskError, match="00003"):
         sources.units_from_source(DataSource(**{**src.__dict__, "length": 3}), tmp_path / "shared")
     assert not (tmp_path / "data" / f"val-teacher-3x6").exists()  # no half-built dataset left under its name
+
+    # two runs started together: the second waits for the first's build instead of building beside it (the
+    # rename of the second onto the first's folder failed, 2026-12-03); here the test holds the lock
+    from filelock import FileLock
+
+    write_mask(tmp_path / "teacher" / "b" / "00003.png", blocks["b"].astype(np.uint8))
+    out = tmp_path / "data" / "val-teacher-2x6"
+    lock = FileLock(out.with_name(f".{out.name}.lock"))
+    lock.acquire()
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("units", sources.units_from_source(
+        DataSource(**{**src.__dict__, "length": 2}), tmp_path / "shared")))
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive() and not out.exists()  # waiting, not building
+    lock.release()
+    thread.join(60)
+    assert len(result["units"]) == 2 and (out / "ImageSets" / "2017" / "val.txt").is_file()

@@ -144,6 +144,8 @@ def _composites(src, root: Path) -> list[Annotated]:
     from the teacher's `pseudo_labels` (no human mask beyond each video's first frame). Built once into
     data/<split>-<teacher>-<length>x<frames> in the repository (delete it when the teacher changes), then read as a
     DAVIS-2017 dataset."""
+    from filelock import FileLock
+
     from vos.data import composites
 
     if not src.pseudo_labels:
@@ -155,9 +157,11 @@ def _composites(src, root: Path) -> list[Annotated]:
     labels = labels if labels.is_absolute() else REPO / labels
     frames = src.max_gap + 1
     out = REPO / "data" / f"{Path(src.split).stem}-{labels.name}-{src.length}x{frames}"
-    if not (out / "ImageSets" / "2017" / "val.txt").is_file():
-        print(f"building the training composites once: {out}")
-        composites.build(out, root.parent, src.split, src.length, labels=labels, max_frames=frames)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.with_name(f".{out.name}.lock")):  # runs started together: one builds, the others wait for it
+        if not (out / "ImageSets" / "2017" / "val.txt").is_file():
+            print(f"building the training composites once: {out}")
+            composites.build(out, root.parent, src.split, src.length, labels=labels, max_frames=frames)
     return _video_units(out, "davis2017", "val", src.regime, "first", None)
 
 
