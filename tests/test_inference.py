@@ -21,6 +21,7 @@ from vos.utils import VosError
 from vos.infer import main as infer_main
 
 ROOT = Path(__file__).resolve().parents[1]
+PAIR_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("pair.pt")  # the default until 2026-12-03: two models, no short-term path
 TINY = ["channels=32", "mask_channels=8", "heads=4", "encoder.layers=1", "decoder.layers=1", "backbone_weights=null"]
 
 
@@ -81,13 +82,16 @@ def test_end_to_end_with_late_objects(ckpt, clip_dir, tmp_path):
 
 
 def test_mp4_and_folder_give_the_same_masks(clip_dir, tmp_path):
-    """The bundled model on the same frames as an mp4 and as JPEGs: the masks agree up to codec differences."""
+    """A trained model on the same frames as an mp4 and as JPEGs: the masks agree up to codec differences. The
+    pair, not the default: on this 72x120 clip the default loses the 90-px object 1 beside object 2 on frame 1 or
+    a few frames later depending on the codec's pixels (MODEL_CARD.md): that would test the model, not decoding."""
     d, frames, *_ = clip_dir
     for src in (d / "clip.mp4", d / "frames"):
         # one precision, pinned: amp=auto picks by a timing, which on a busy machine differed between pytest runs,
         # and this clip's masks agree above the bound in bf16 but only to 0.87 in fp32 (so did the code before
         # 2026-12-02)
-        assert run("--input", src, "--mask", d / "masks" / "00000.png", "--out", tmp_path / src.suffix, "amp=true") == 0
+        assert run("--input", src, "--mask", d / "masks" / "00000.png", "--out", tmp_path / src.suffix,
+                   "--checkpoint", PAIR_CHECKPOINT, "amp=true", "locality=0.2") == 0
     a, b = (sorted((tmp_path / sfx / name).glob("*.png")) for sfx, name in ((".mp4", "clip"), ("", "frames")))
     assert len(a) == len(b) == len(frames)
     ious = []
@@ -187,14 +191,14 @@ def test_locality_prior_keeps_look_alikes_apart(shared_data):
     from vos.data import open_frames
 
     d = shared_data / "cutie-examples"
-    model = load_models(DEFAULT_CHECKPOINT, torch.device("cpu"))
+    model = load_models(PAIR_CHECKPOINT, torch.device("cpu"))
     frames = open_frames(d / "images" / "judo", short_side=InferConfig.short_side)
     prompts = {}
     for q in sorted((d / "masks" / "judo").glob("*.png")):
         with pytest.warns(UserWarning, match="resized") if q.stem == "00005" else contextlib.nullcontext():
             ids = read_mask(q, size=(480, 854))[0]
         prompts[int(q.stem)] = {int(k): (ids == k).astype(np.float32) for k in np.unique(ids) if k}
-    p = Tracker(model, window=7, locality=InferConfig.locality)
+    p = Tracker(model, window=7, locality=0.2)
     areas = []
     for t in range(len(frames)):
         ids, probs = p.step(frames[t], prompts.get(t), out_size=(480, 854))
@@ -654,26 +658,44 @@ def test_the_shipped_model_tracks_a_moving_square(shipped):
     assert min(ious[1:]) > 0.8, np.round(ious, 2)
 
 
-def test_the_locality_rule_keeps_two_look_alikes_apart(shipped):
-    """Two identical squares moving down on either side of the frame: appearance alone gives both ids to one of
-    them (object 2 is lost); with the locality rule each id stays on its own square."""
+@pytest.fixture(scope="module")
+def without_path():
+    """Member 0 of checkpoints/pair.pt (the default until 2026-12-03): a trained model without the short-term
+    path, which matches appearance only."""
+    return load_models(PAIR_CHECKPOINT, torch.device("cpu"))[:1]
+
+
+def _two_look_alikes(models, radius: float) -> np.ndarray:
+    """Two identical squares moving down on either side of the frame: each object's IoU on frames 1-15."""
     frames, masks = square_clip([(30, 20, 4, 6), (250, 20, -4, 6)], n=16)
     given = {k: (masks[0] == k).astype(np.float32) for k in (1, 2)}
-    scores = {}
-    for radius in (0.0, 0.2):
-        tracker = Tracker(shipped, locality=radius)
-        labels = [probs_to_ids(*tracker.step(f, given if t == 0 else None)) for t, f in enumerate(frames)]
-        scores[radius] = np.array([[_iou(lab, masks[t], k) for k in (1, 2)] for t, lab in enumerate(labels)])[1:]
-    assert scores[0.0][:, 1].mean() < 0.3, scores[0.0]  # the look-alike takes object 2's id away
-    assert (scores[0.2].mean(0) > 0.7).all() and scores[0.2].min() > 0.5, scores[0.2]
+    tracker = Tracker(models, locality=radius)
+    labels = [probs_to_ids(*tracker.step(f, given if t == 0 else None)) for t, f in enumerate(frames)]
+    return np.array([[_iou(lab, masks[t], k) for k in (1, 2)] for t, lab in enumerate(labels)])[1:]
 
 
-def test_the_locality_rule_follows_object_ids_not_channels(shipped):
+def test_the_locality_rule_keeps_two_look_alikes_apart(without_path):
+    """Appearance alone gives both ids to one of the squares (object 2 is lost); with the locality rule each id
+    stays on its own square."""
+    alone, ruled = _two_look_alikes(without_path, 0.0), _two_look_alikes(without_path, 0.2)
+    assert alone[:, 1].mean() < 0.3, alone  # the look-alike takes object 2's id away
+    assert (ruled.mean(0) > 0.7).all() and ruled.min() > 0.5, ruled
+
+
+def test_the_shipped_model_keeps_two_look_alikes_apart_by_itself(shipped):
+    """The same two squares, the shipped model with the default inference (no locality rule): its short-term path
+    keeps each id on its own square, which the model without it (above) does not."""
+    assert InferConfig.locality == 0
+    scores = _two_look_alikes(shipped, InferConfig.locality)
+    assert (scores.mean(0) > 0.7).all() and scores.min() > 0.5, scores
+
+
+def test_the_locality_rule_follows_object_ids_not_channels(without_path):
     """Object 1 is removed and a new object 3 is given at the same frame: object 2 (now in channel 1, where
     object 1 was) keeps its own neighbourhood, not object 1's, and is not lost."""
     frames, masks = square_clip([(30, 20, 4, 6), (250, 20, -4, 6), (140, 130, 0, 0, 5)], n=8,
                              colours={3: (40, 80, 220)})
-    tracker = Tracker(shipped, locality=0.2)
+    tracker = Tracker(without_path, locality=0.2)
     for t in range(5):
         tracker.step(frames[t], {k: (masks[0] == k).astype(np.float32) for k in (1, 2)} if t == 0 else None)
     tracker.remove_object(1)

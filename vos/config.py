@@ -162,8 +162,9 @@ class InferConfig:
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
     # locality rule (vos.inference.locality): each object stays within this fraction of the frame's longer side of
     # where it was in the last frame (its probability x locality_floor beyond), so look-alikes far away do not
-    # take it over; 0 = off
-    locality: float = bounded(0.2, min=0, max=1)
+    # take it over; 0 = off. The shipped model keeps objects apart by its learned short-term path and runs without
+    # it; models without that path (checkpoints/pair.pt) were measured with 0.2
+    locality: float = bounded(0.0, min=0, max=1)
     locality_floor: float = bounded(1e-3, min=0, max=1)
     short_side: int = bounded(288, min=0)  # internal resolution (shorter image side); 0 = native resolution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
