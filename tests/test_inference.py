@@ -211,18 +211,20 @@ def test_locality_prior_keeps_look_alikes_apart(shared_data):
     assert (probs_to_ids(ids, probs)[spectators] == 1).mean() < 0.2  # object 1 is not on object 4
 
 
-@pytest.mark.parametrize("radius", [0, 2])
-def test_training_and_inference_paths_agree(radius):
+@pytest.mark.parametrize("radius, given_topk", [(0, 0), (2, 0), (2, 4)])
+def test_training_and_inference_paths_agree(radius, given_topk):
     """The same frames and mask through the training cycle graph and through the Tracker give the same
     descriptors and logits: one per-frame step, one resampling; with the short-term path, the node's last source
-    plays the previous frame."""
+    plays the previous frame, and its first source the given frame."""
     from vos.train.cycles import GT, CycleGraph, split_features
 
-    cfg = load_config(ModelConfig, None, TINY + [f"short_term.radius={radius}"])
+    cfg = load_config(ModelConfig, None, TINY + [f"short_term.radius={radius}", f"short_term.given_topk={given_topk}"])
     torch.manual_seed(0)
     model = HODOR(cfg).eval()
     if radius:
         torch.nn.init.normal_(model.short_term.fuse[-1].weight, std=0.5)  # not the no-op it starts as
+    if given_topk:
+        torch.nn.init.normal_(model.short_term.given_in.weight, std=0.5)
     torch.manual_seed(1)
     images = torch.rand(1, 3, 3, 64, 96)
     mask = torch.zeros(1, 3, 1, 64, 96)

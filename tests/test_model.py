@@ -248,6 +248,50 @@ def test_local_attention_reads_only_its_window():
         torch.testing.assert_close(out[b, :, y, x], vals @ a)
 
 
+def test_topk_attention_reads_only_the_best_matches_anywhere():
+    from vos.model.short_term import topk_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 8, 3, 4, generator=g), torch.randn(2, 8, 5, 7, generator=g), torch.rand(2, 3, 5, 7, generator=g)
+    out = topk_attention(q, k, v, 5)
+    assert out.shape == (2, 3, 3, 4)
+    for b, y, x in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
+        s = q[b, :, y, x] @ k[b].flatten(1) / 8 ** 0.5
+        top = s.topk(5).indices
+        torch.testing.assert_close(out[b, :, y, x], v[b].flatten(1)[:, top] @ s[top].softmax(0))
+    # a far pixel that matches best is read: the window of the local read would not reach it
+    k2 = torch.zeros(1, 8, 5, 7)
+    k2[0, :, 4, 6] = 10 * q[0, :, 0, 0] / q[0, :, 0, 0].norm()
+    v2 = torch.zeros(1, 1, 5, 7)
+    v2[0, 0, 4, 6] = 1
+    assert topk_attention(q[:1], k2, v2, 3)[0, 0, 0, 0] > 0.9
+
+
+def test_given_frame_read_starts_as_a_no_op_and_learns():
+    """The given-frame read (short_term.given_topk) adds nothing at initialisation, so a model trained without it
+    loads and runs unchanged; once its first layer moves, the logits move and the loss reaches the given frame's
+    masks."""
+    torch.manual_seed(0)
+    model = HODOR(tiny_cfg(**{"short_term.radius": 2, "short_term.given_topk": 4}))
+    torch.nn.init.normal_(model.short_term.fuse[-1].weight, std=0.5)
+    images = torch.rand(3, 3, 64, 96)
+    m = torch.zeros(1, 2, 64, 96)
+    m[0, 0, 10:30, 20:50], m[0, 1, 35:60, 40:90] = 1, 1
+    f = [model.features(images[i:i + 1]) for i in range(3)]
+    first = model.step(f[0], given=model.masks_to_s4(m, f[0]))
+    second = model.step(f[1], first.desc[:, None], torch.ones(1, 1, first.desc.shape[1], dtype=torch.bool), last=first.last)
+    mem = torch.stack([first.desc, second.desc], 1)
+    ok = torch.ones(mem.shape[:3], dtype=torch.bool)
+    without = model.step(f[2], mem, ok, last=second.last).logits
+    torch.testing.assert_close(model.step(f[2], mem, ok, last=second.last, given_frame=first.last).logits, without)
+    torch.nn.init.normal_(model.short_term.given_in.weight, std=0.5)
+    masks = first.last.masks.detach().requires_grad_()
+    out = model.step(f[2], mem, ok, last=second.last, given_frame=type(first.last)(first.last.keys, masks))
+    assert (out.logits - without).abs().max() > 1e-2
+    out.logits[:, -2:].logsumexp(1).mean().backward()
+    assert masks.grad.abs().sum() > 0 and model.short_term.given_in.weight.grad.abs().sum() > 0
+
+
 def test_short_term_path_starts_as_a_no_op_and_learns_through_the_soft_masks():
     """At initialisation the path adds nothing (the model is the descriptor-only one); once its last layer moves,
     it moves the logits, and the loss reaches the previous frame's soft masks (cycle consistency through it), its

@@ -41,9 +41,10 @@ def test_each_cycle_node_reads_its_previous_frame(tmp_path):
     model = HODOR(cfg.model)
     seen, step = [], model.step
 
-    def spy(feats, *args, last=None, **kw):
-        out = step(feats, *args, last=last, **kw)
-        seen.append((next(t for t, f in enumerate(split) if f is feats), None if last is None else id(last), id(out.last)))
+    def spy(feats, *args, last=None, given_frame=None, **kw):
+        out = step(feats, *args, last=last, given_frame=given_frame, **kw)
+        seen.append((next(t for t, f in enumerate(split) if f is feats), None if last is None else id(last), id(out.last),
+                     None if given_frame is None else id(given_frame)))
         return out
 
     from vos.train.cycles import CycleGraph, split_features
@@ -54,10 +55,14 @@ def test_each_cycle_node_reads_its_previous_frame(tmp_path):
     g = CycleGraph(model, split, batch["masks"], batch["valid"], detach_masks=False)
     for path in cycle_paths(3, True):  # [0]->1, [0,1]->2, 2->1, [2,1]->0 among them
         g.logits(path)
-    last_of = {out: t for t, _, out in seen}
-    reads = [(t, last_of.get(last)) for t, last, _ in seen]
+    last_of = {out: t for t, _, out, _ in seen}
+    reads = [(t, last_of.get(last)) for t, last, _, _ in seen]
     # 0 (given), [0]->0 (none), [0]->1 (frame 0), [0]->1->0 (frame 1), [0,1]->2 (1), 2->1 (2), [2,1]->0 (1)
     assert reads == [(0, None), (0, None), (1, 0), (0, 1), (2, 1), (1, 2), (0, 1)], reads
+    # the given frame (the first source): the annotated frame going forward, the turning frame coming back; never
+    # frame 0's given masks on the way back to it
+    given = [(t, last_of.get(g)) for t, _, _, g in seen]
+    assert given == [(0, None), (0, None), (1, 0), (0, 1), (2, 0), (1, 2), (0, 2)], given
 
 
 def test_mixture_weights_must_sum_to_one(tmp_path):

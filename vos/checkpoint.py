@@ -105,7 +105,7 @@ def _has_backbone(weights: dict) -> bool:
 def init_from(model: HODOR, path: str | Path) -> None:
     """Start a run from another checkpoint's weights; "FILE.pt#K": member K of a checkpoint of several models.
     A frozen backbone may be absent from it; a different decoder.pixel_block starts fresh (only that block), and so
-    does a short-term path the source lacks (it starts as a no-op: vos.model.short_term)."""
+    does a short-term path (or its given-frame read) the source lacks (it starts as a no-op: vos.model.short_term)."""
     path, _, member = str(path).partition("#")
     state = load_checkpoint(path)
     if "members" in state:
@@ -119,7 +119,9 @@ def init_from(model: HODOR, path: str | Path) -> None:
         raise CheckpointError(f"init_from {path}#{member}: {path} holds one model; drop '#{member}'")
     theirs = state["config"].get("model", {}).get("decoder", {}).get("pixel_block")
     block = r"decoder\.\d+\.block\." if theirs != model.cfg.decoder.pixel_block else NOTHING
-    fresh = rf"{block}|short_term\." if not state["config"].get("model", {}).get("short_term", {}).get("radius") else block
+    theirs_st = state["config"].get("model", {}).get("short_term", {})
+    fresh = (rf"{block}|short_term\." if not theirs_st.get("radius")
+             else rf"{block}|short_term\.given_in\." if not theirs_st.get("given_topk") else block)
     load_weights(model, state["model"], f"init_from {path}: model does not match this config",
                  may_miss=rf"{BACKBONE}|{fresh}", may_add=block)
 

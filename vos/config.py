@@ -111,6 +111,7 @@ class ShortTermConfig:
 
     radius: int = bounded(0, min=0)  # matching window radius, in stride-16 pixels (4: 64 px each way)
     key_channels: int = bounded(32, min=4)
+    given_topk: int = bounded(0, min=0)  # > 0: also read the given frame's masks, top-k over all its pixels; 0: off
 
 
 @dataclass

@@ -161,7 +161,7 @@ class HODOR(nn.Module):
         self.desc_proj = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, cm))
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
         st = cfg.short_term
-        self.short_term = ShortTermPath(c, st.key_channels, st.radius) if st.radius else None
+        self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk) if st.radius else None
 
     def train(self, mode: bool = True) -> "HODOR":
         """Backbone BatchNorm statistics stay frozen: training batches of a few clips are too small for them."""
@@ -273,20 +273,22 @@ class HODOR(nn.Module):
         return torch.cat([self.catch_all(e), logits], 1)
 
     def predict(self, feats: Features, memory: torch.Tensor | None, memory_valid: torch.Tensor | None,
-                num_objects: int, last: LastFrame | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+                num_objects: int, last: LastFrame | None = None,
+                given_frame: LastFrame | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The first half of `step`: (logits, probabilities (B, 1 + I, H/4, W/4)) decoded from past descriptors.
 
         memory (B, T, Q, C), memory_valid (B, T, Q): descriptors of past frames. None: nothing to decode from (e.g.
         the first annotated frame): logits None and every pixel background. last: the previous frame's
         `StepOutput.last`; with the short-term path (vos.model.short_term) it adds its offsets to the objects'
-        logits (None: descriptors only)."""
+        logits (None: descriptors only); given_frame: the `StepOutput.last` of the frame whose masks were given,
+        which the path also reads with `short_term.given_topk` > 0 (None: not read)."""
         if memory is None:
             probs = torch.zeros(feats.f8.shape[0], 1 + num_objects, *feats.f4.shape[-2:], device=feats.f8.device)
             probs[:, 0] = 1
             return None, probs
         logits = self.decode(feats, memory, memory_valid)
         if self.short_term is not None and last is not None:
-            off = self.short_term(feats.key, last, num_objects)
+            off = self.short_term(feats.key, last, num_objects, given_frame)
             off = F.interpolate(off, size=logits.shape[-2:], mode="bilinear", align_corners=False)
             k = 1 + self.num_bg
             logits = torch.cat([logits[:, :k], logits[:, k:] + off.to(logits.dtype)], 1)
@@ -314,7 +316,7 @@ class HODOR(nn.Module):
     def step(self, feats: Features, memory: torch.Tensor | None = None, memory_valid: torch.Tensor | None = None,
              given: torch.Tensor | None = None, given_valid: torch.Tensor | None = None,
              valid: torch.Tensor | None = None, detach_probs: bool = False, encode: bool = True,
-             last: LastFrame | None = None) -> StepOutput:
+             last: LastFrame | None = None, given_frame: LastFrame | None = None) -> StepOutput:
         """One frame: decode it from past descriptors (and, with the short-term path, from `last`), force the given
         masks in, re-encode its descriptors (`commit(predict(...))` + `remember`; inference's Tracker runs the same).
 
@@ -326,9 +328,10 @@ class HODOR(nn.Module):
             into the re-encoding (the reference code's choice; training only). encode=False: skip the re-encoding
             (desc None) when nothing will attend to this frame (the last frame of a training cycle).
         last: the previous frame's `StepOutput.last` (None: none, or the path is off).
+        given_frame: the `StepOutput.last` of the frame whose masks were given (read by the path with given_topk).
         """
         num_objects = given.shape[1] if given is not None else memory.shape[2] - self.num_bg
-        logits, probs = self.predict(feats, memory, memory_valid, num_objects, last)
+        logits, probs = self.predict(feats, memory, memory_valid, num_objects, last, given_frame)
         probs, desc = self.commit(feats, probs, given, given_valid, valid, detach_probs, encode)
         return StepOutput(logits, probs, desc, self.remember(feats, probs))
 

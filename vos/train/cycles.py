@@ -14,7 +14,9 @@ frame with a mask is supervised on both passes; frame 0 always is, at the end of
 
 The last source of a node is the frame processed just before its target: with the short-term path
 (vos.model.short_term), its `StepOutput.last` is what the target reads, as the previous frame at inference (a node
-decoding the frame of its last source, e.g. [0]->0, reads none: it would copy the masks).
+decoding the frame of its last source, e.g. [0]->0, reads none: it would copy the masks). Its first source is the
+given frame the path's global read sees (given_topk): frame 0 going forward, the turning frame coming back (never
+frame 0's ground truth on the way back: the cycle's end would copy it), none when it is the target's own frame.
 """
 
 from __future__ import annotations
@@ -143,8 +145,11 @@ class CycleGraph:
                 mem_valid = self.q_valid[:, None].expand(-1, len(sources), -1)
                 previous = sources[-1]
                 last = None if frame_of(previous) == target else self.output(previous).last
+                first = sources[0]  # the given frame: the annotated one going forward, the turning one coming back
+                given_frame = None if frame_of(first) == target else self.output(first).last
                 self._out[node] = m.step(self.feats[target], memory, mem_valid, valid=self.valid,
-                                         detach_probs=self.detach, encode=node not in self.ends_only, last=last)
+                                         detach_probs=self.detach, encode=node not in self.ends_only, last=last,
+                                         given_frame=given_frame)
         return self._out[node]
 
     def desc(self, node) -> torch.Tensor:
