@@ -256,23 +256,31 @@ def test_training_and_inference_paths_agree(radius, given_topk):
 
 def test_short_term_path_follows_objects_added_and_removed(clip_dir):
     """The previous frame's masks keep one channel per tracked object: a new object counts as absent a frame ago, a
-    removed one leaves."""
+    removed one leaves; so do the given frames' masks."""
+    from vos.model.short_term import LastFrame
+
     d, frames, masks, _ = clip_dir
-    cfg = load_config(ModelConfig, None, TINY + ["short_term.radius=2"])
+    cfg = load_config(ModelConfig, None, TINY + ["short_term.radius=2", "short_term.given_topk=4"])
     torch.manual_seed(0)
     model = HODOR(cfg).eval()
     torch.nn.init.normal_(model.short_term.fuse[-1].weight, std=0.5)
+    torch.nn.init.normal_(model.short_term.given_in.weight, std=0.5)
     p = Tracker([model], window=3, locality=0)
     p.step(frames[0], {3: (masks[0] == 1).astype(np.float32)})
     assert p.lasts[0].masks.shape[1] == 2
     p.step(frames[1], {7: (masks[0] == 2).astype(np.float32)})
     assert p.lasts[0].masks.shape[1] == 3
+    # both frames where masks were given are read, as one set of pixels; object 7 is absent in the first
+    first, second = p.given_frames[0]
+    both = LastFrame.concat(p.given_frames[0], 2)
+    assert both.keys.shape[-1] == 2 * first.keys.shape[-1] and both.masks.shape[1] == 3
+    assert both.masks[:, 2, :, : first.keys.shape[-1]].abs().sum() == 0
     p.remove_object(3)
-    assert p.lasts[0].masks.shape[1] == 2
+    assert p.lasts[0].masks.shape[1] == 2 and [f.masks.shape[1] for f in p.given_frames[0]] == [1, 2]
     ids, probs = p.step(frames[2])
     assert ids == [7] and probs.shape == (2, 72, 120) and torch.isfinite(probs).all()
     p.reset()
-    assert p.lasts == [None]
+    assert p.lasts == [None] and p.given_frames == [[]]
 
 
 def test_fused_model_gives_the_unfused_output(tmp_path):

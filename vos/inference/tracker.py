@@ -28,6 +28,7 @@ from vos.inference.locality import LocalityPrior
 from vos.inference.memory import DescriptorMemory
 from vos.inference.objects import ObjectManager
 from vos.model import HODOR, StepOutput, force_masks, probs_to_labels
+from vos.model.short_term import LastFrame
 from vos.utils.device import autocast
 
 
@@ -44,9 +45,9 @@ class Tracker:
         were given.
       lasts: per model in use, the last frame's `StepOutput.last` (its keys and final masks, for the model's
         short-term path; None for a model without one, and before the first frame).
-      given_frames: per model in use, the `StepOutput.last` of the latest frame where masks were given (what a
-        short-term path with `given_topk` reads globally; None before the first given masks). Objects tracked there
-        but not given there carry their predicted masks.
+      given_frames: per model in use, the `StepOutput.last` of every frame where masks were given (what a
+        short-term path with `given_topk` reads, all of them as one set of pixels; training has one given frame a
+        clip). Objects tracked at such a frame but not given there carry their predicted masks.
       locality: the locality rule (LocalityPrior; radius 0 = off).
       dtype: autocast dtype of the forward passes (None = fp32); inference picks it with vos.utils.precision.
       frame_index: how many frames have been processed since the last reset.
@@ -91,7 +92,7 @@ class Tracker:
         self.objects = ObjectManager()
         self.memories = [DescriptorMemory(m.num_bg, self.window, self.anchor_first) for m in self.active]
         self.lasts: list = [None] * len(self.active)
-        self.given_frames: list = [None] * len(self.active)
+        self.given_frames: list[list] = [[] for _ in self.active]
         self.locality.reset()
         self.frame_index = 0
         self.last: StepOutput | None = None
@@ -109,8 +110,9 @@ class Tracker:
         k = self.objects.remove(obj)
         for mem in self.memories:
             mem.remove_object(k)
-        for last in {id(f): f for f in self.lasts + self.given_frames}.values():  # the same frame may be both
-            if last is not None:
+        frames = self.lasts + [f for given in self.given_frames for f in given]
+        for last in {id(f): f for f in frames}.values():  # the same frame may be both
+            if last is not None and last.masks.shape[1] > k + 1:
                 last.masks = torch.cat([last.masks[:, : k + 1], last.masks[:, k + 2:]], 1)
         self.locality.near.pop(obj, None)
 
@@ -150,7 +152,8 @@ class Tracker:
                 given_rows = torch.zeros(n, dtype=torch.bool)  # on the host: the memory decides with it
                 given_rows[[self.objects.index(obj) for obj in new_masks]] = True
             decoded = [m.predict(f, *mem.read(n, given_rows), n, last, given_frame)
-                       for m, f, mem, last, given_frame in zip(models, feats, self.memories, self.lasts, self.given_frames)]
+                       for m, f, mem, last, given_frame in zip(models, feats, self.memories, self.lasts,
+                                                               (LastFrame.concat(g, n) for g in self.given_frames))]
             probs = torch.stack([p for _, p in decoded]).mean(0) if len(models) > 1 else decoded[0][1]
             probs = self.locality(probs, ids)
             committed = [m.commit(f, probs, given, given_valid) for m, f in zip(models, feats)]
@@ -159,7 +162,9 @@ class Tracker:
         probs = committed[0][0]
         self.lasts = [m.remember(f, probs) for m, f in zip(models, feats)]
         if new_masks:
-            self.given_frames = list(self.lasts)
+            for given, last in zip(self.given_frames, self.lasts):
+                if last is not None:
+                    given.append(last)
         self.locality.update(probs, ids)
         self.last = StepOutput(decoded[0][0] if len(models) == 1 else None, probs, committed[0][1])
         self.frame_index += 1

@@ -46,6 +46,17 @@ class LastFrame:
     keys: torch.Tensor  # (B, Ck, h, w) the frame's stride-16 keys
     masks: torch.Tensor  # (B, 1 + I, h, w) its final soft masks (background first) at stride 16
 
+    @staticmethod
+    def concat(frames: list["LastFrame"], num_objects: int) -> "LastFrame | None":
+        """Several frames as one, side by side (what the global read sees as one set of pixels); objects added
+        after a frame are absent (zero) in it. None for no frames."""
+        if not frames:
+            return None
+        if len(frames) == 1:
+            return frames[0]
+        masks = [F.pad(f.masks, (0, 0, 0, 0, 0, 1 + num_objects - f.masks.shape[1])) for f in frames]
+        return LastFrame(torch.cat([f.keys for f in frames], -1), torch.cat(masks, -1))
+
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, radius: int) -> torch.Tensor:
     """q, k (B, Ck, h, w); v (B, V, h, w) -> (B, V, h, w): every pixel of q reads v over the pixels of k at most
