@@ -6,7 +6,7 @@ descriptors do not carry (after STCN / XMem / Cutie's pixel memory and Cutie's `
 
     keys = ShortTermPath.keys(f8)                    # (B, Ck, h, w) at stride 16, once per frame, with the features
     last = LastFrame(keys, soft masks at stride 16)  # what a frame leaves for the next one
-    offsets = path(keys, last, num_objects, given_frame)   # (B, I, h, w) logit offsets, added to the decoder's logits
+    offsets = path(keys, last, num_objects, given_frame)  # (B, I, h, w) logit offsets, added to the decoder's logits
 
 It works at stride 16: it says whose a region is, the descriptors' stride-4 logits draw the boundaries, and its
 attention stays cheap. For every pixel of this frame, attention over the (2r + 1)^2 pixels around the same place
@@ -21,8 +21,8 @@ With `given_topk` > 0 it also reads the GIVEN frame (STCN / XMem's memory read, 
 this frame attends to its `given_topk` best-matching pixels anywhere in the frame whose masks were given
 (`given_frame`, a LastFrame too) and reads their masks: what an object looked like where a person drew it, wherever
 it is now. What the local window cannot see (an object back from outside the frame, a jump) and what the
-descriptors blur (one mean per object). At inference the given frame is the latest frame where masks were given; in a
-training cycle, the first source of a node (the annotated frame going forward, the turning frame coming back, so
+descriptors blur (one mean per object). At inference: every frame where masks were given, side by side
+(`LastFrame.concat`); in a training cycle, the first source of a node (the annotated frame going forward, the turning frame coming back, so
 the cycle's end never reads the ground truth). Two more inputs of the fusion, [given read, the other objects' given
 read], through their own first layer, zero at initialisation: a model trained without them starts unchanged.
 The same step runs in training (the previous node of a cycle) and inference (the previous frame): vos.model.hodor.
