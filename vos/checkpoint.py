@@ -120,8 +120,11 @@ def init_from(model: HODOR, path: str | Path) -> None:
     theirs = state["config"].get("model", {}).get("decoder", {}).get("pixel_block")
     block = r"decoder\.\d+\.block\." if theirs != model.cfg.decoder.pixel_block else NOTHING
     theirs_st = state["config"].get("model", {}).get("short_term", {})
-    fresh = (rf"{block}|short_term\." if not theirs_st.get("radius")
-             else rf"{block}|short_term\.given_in\." if not theirs_st.get("given_topk") else block)
+    fresh = block
+    if not theirs_st.get("radius"):
+        fresh += r"|short_term\."
+    elif not theirs_st.get("given_topk"):
+        fresh += r"|short_term\.given_in\."
     load_weights(model, state["model"], f"init_from {path}: model does not match this config",
                  may_miss=rf"{BACKBONE}|{fresh}", may_add=block)
 

@@ -64,21 +64,26 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, radius: i
 
     Dense attention with the far pixels masked out: at stride 16 the maps are small (18 x 32 at 288 x 512), and two
     batched matrix products are ~10x faster on the CPU than gathering each pixel's window (unfold)."""
-    B, Ck, h, w = q.shape
-    far = _far(h, w, radius, q.device)
-    a = torch.bmm(q.flatten(2).transpose(1, 2), k.flatten(2)).float() / math.sqrt(Ck)  # (B, hw, hw)
-    a = a.masked_fill(far, NEG).softmax(-1).to(v.dtype)
-    return torch.bmm(v.flatten(2), a.transpose(1, 2)).view(B, v.shape[1], h, w)
+    a = _scores(q, k).masked_fill(_far(*q.shape[-2:], radius, q.device), NEG).softmax(-1)
+    return _read(a, v, q.shape[-2:])
 
 
 def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int) -> torch.Tensor:
     """q (B, Ck, h, w), k (B, Ck, h', w'), v (B, V, h', w') -> (B, V, h, w): every pixel of q reads v over its `topk`
     best-matching pixels of k, anywhere (softmax of their q . k / sqrt(Ck); STCN's top-k memory read)."""
-    B, Ck, h, w = q.shape
-    a = torch.bmm(q.flatten(2).transpose(1, 2), k.flatten(2)).float() / math.sqrt(Ck)  # (B, hw, h'w')
+    a = _scores(q, k)
     vals, idx = a.topk(min(topk, a.shape[-1]), -1)
-    a = torch.zeros_like(a).scatter_(-1, idx, vals.softmax(-1)).to(v.dtype)
-    return torch.bmm(v.flatten(2), a.transpose(1, 2)).view(B, v.shape[1], h, w)
+    return _read(torch.zeros_like(a).scatter_(-1, idx, vals.softmax(-1)), v, q.shape[-2:])
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, hw, h'w') fp32 attention logits q . k / sqrt(Ck) between every pixel of q and every pixel of k."""
+    return torch.bmm(q.flatten(2).transpose(1, 2), k.flatten(2)).float() / math.sqrt(q.shape[1])
+
+
+def _read(a: torch.Tensor, v: torch.Tensor, size) -> torch.Tensor:
+    """Attention weights a (B, hw, h'w') over v (B, V, h', w') -> (B, V, h, w)."""
+    return torch.bmm(v.flatten(2), a.to(v.dtype).transpose(1, 2)).view(v.shape[0], v.shape[1], *size)
 
 
 @functools.lru_cache(maxsize=8)
