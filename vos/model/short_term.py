@@ -22,8 +22,8 @@ this frame attends to its `given_topk` best-matching pixels anywhere in the fram
 (`given_frame`, a LastFrame too) and reads their masks: what an object looked like where a person drew it, wherever
 it is now. What the local window cannot see (an object back from outside the frame, a jump) and what the
 descriptors blur (one mean per object). At inference: every frame where masks were given, side by side
-(`LastFrame.concat`); in a training cycle, the first source of a node (the annotated frame going forward, the turning frame coming back, so
-the cycle's end never reads the ground truth). Two more inputs of the fusion, [given read, the other objects' given
+(`LastFrame.concat`); in a training cycle, the first source of a node (the annotated frame going forward, the
+turning frame coming back, so the cycle's end never reads the ground truth). Two more inputs of the fusion, [given read, the other objects' given
 read], through their own first layer, zero at initialisation: a model trained without them starts unchanged.
 The same step runs in training (the previous node of a cycle) and inference (the previous frame): vos.model.hodor.
 """
