@@ -78,6 +78,35 @@ def test_mix_puts_the_adapted_weights_that_far_from_the_loaded_ones(video):
     assert not any(p.requires_grad for p in tuned[0.25].parameters())
 
 
+def test_four_frame_merged_clips_run_forward_and_back_like_inference(video, monkeypatch):
+    """adapt.clip_len 4 and merge_weight 1: every clip is a four-frame merge of the given frame with copies of its
+    own objects (training's merge_leave), and the trainer runs it with the chain of inference (7 decodes)."""
+    import vos.adapt
+    from vos.train import cycles
+
+    d, masks = video
+    (model,) = load_models(d / "m0.pt", torch.device("cpu"))
+    s = _session(d, {0: masks[0]})
+    seen, paths = [], []
+    real_sample, real_paths = vos.adapt.make_sample, cycles.cycle_paths
+
+    def sample(unit, regime, *a, **k):
+        out = real_sample(unit, regime, *a, **k)
+        seen.append((regime, out["images"].shape[0], k["aug"]))
+        return out
+
+    monkeypatch.setattr(vos.adapt, "make_sample", sample)
+    monkeypatch.setattr(cycles, "cycle_paths", lambda *a: paths.append(real_paths(*a)) or paths[-1])
+    tuned = finetune(model, s.frames, s.prompts, AdaptConfig(steps=2, batch_size=2, size=64, clip_len=4,
+                                                             merge_weight=1.0))
+    assert [(r, t) for r, t, _ in seen] == [("merge", 4)] * 4 and all(a.leave > 0 for _, _, a in seen)
+    assert paths and all(p == cycles.chain_paths(4) and len(p) == 7 for p in paths)
+    assert any(not torch.equal(p, q) for p, q in zip(tuned.parameters(), model.parameters()))
+    seen.clear()
+    finetune(model, s.frames, s.prompts, AdaptConfig(steps=1, batch_size=2, size=64))  # the default: static, 3
+    assert [(r, t, a) for r, t, a in seen] == [("static", 3, None)] * 2
+
+
 def test_objects_given_at_different_frames_leave_each_other_out_of_the_loss(video, tmp_path):
     """Object 1 given at frame 0, object 2 at frame 3: frame 0 teaches object 1, and where object 2 may be at
     frame 0 (the loaded model's prediction, propagated back from frame 3, dilated) is left out of the loss

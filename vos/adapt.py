@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from vos.config import DataSource, TrainConfig, config_from_dict, to_dict
 from vos.data import FrameSource
+from vos.data.augment import AUGMENT
 from vos.data.clips import VOID, make_sample
 from vos.data.sources import Annotated
 from vos.inference import Runner, Tracker, VideoSession, probs_to_ids
@@ -121,8 +122,13 @@ def finetune(model: HODOR, frames: FrameSource, prompts: dict[int, dict[int, np.
             clips = []
             for _ in range(cfg.batch_size):
                 unit = units[rng.integers(len(units))]
-                regime = "static" if len(frames) < 3 or rng.random() < cfg.static_weight else "sparse"
-                clips.append(make_sample(unit, regime, size, max_objects, max_gap, int(rng.integers(2 ** 31))))
+                if len(frames) >= cfg.clip_len and rng.random() >= cfg.static_weight:
+                    regime = "sparse"
+                else:
+                    regime = "merge" if cfg.merge_weight and rng.random() < cfg.merge_weight else "static"
+                clips.append(make_sample(unit, regime, size, max_objects, max_gap, int(rng.integers(2 ** 31)),
+                                         background=unit, aug=AUGMENT["merge_leave"] if regime == "merge" else None,
+                                         clip_len=cfg.clip_len))
             trainer.train_step([{k: torch.stack([c[k] for c in clips]).to(device) for k in clips[0]}])
             if deadline is not None:
                 now, done = time.perf_counter(), trainer.step

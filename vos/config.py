@@ -148,6 +148,11 @@ class AdaptConfig:
     size: int = bounded(192, min=32)  # square training crops at the internal resolution
     # pseudo-clips of the given frame; the rest: cycles over the video's other frames
     static_weight: float = bounded(1.0, min=0, max=1)
+    # of the pseudo-clips, this share are merged ones: the given objects pasted over their own frame, crossing the
+    # objects or leaving the frame and coming back (unlabelled look-alikes or more objects: training's merge_leave)
+    merge_weight: float = bounded(0.0, min=0, max=1)
+    # frames per clip; 4+: run forward and back the way inference runs them (vos.train.cycles.chain_paths)
+    clip_len: int = bounded(3, min=3)
     # a budget for the whole adaptation (0 = none): where the steps would not fit, the learning-rate schedule is
     # shortened to end within it (from the measured time per step), with a warning
     seconds: float = bounded(120.0, min=0)
