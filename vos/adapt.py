@@ -1,14 +1,14 @@
-"""Test-time adaptation (OSVOS-style), above training and inference: before propagating, fine-tune a copy of
-each model on the annotated frame(s) of THIS video with the training loop's own step (`Trainer.train_step`:
-same cycles, loss, clipping and precision), on the training code's own clips: static pseudo-clips of the given
-frame (warps + colour jitter) and, where the video has other frames, short forward-backward cycles through
-them (the weakly-supervised regime, loss only on the given frame). `clip_len` 4+ runs them as chains forward and
-back the way inference runs (as the model trained on them), `merge_weight` pastes copies of the given objects in
+"""Test-time adaptation (OSVOS-style), above training and inference: before propagating, fine-tune a copy of each
+model on the annotated frame(s) of THIS video with the training loop's own step (`Trainer.train_step`: same
+cycles, loss, clipping and precision), on the training code's own clips: static pseudo-clips of the given frame
+(warps + colour jitter) and, where the video has other frames, short forward-backward cycles through them (the
+weakly-supervised regime, loss only on the given frame). `clip_len` 4+ runs them as chains forward and back the
+way inference runs (as the model trained on them), `merge_weight` pastes copies of the given objects in
 (crossing, leaving and coming back); on st_given_leave2 both together cost 1.5 on val10 and 1.9 on the composites
-(RESULTS.md), so they are off by default. The finished copy is a weight-space ensemble
-with the loaded model (WiSE-FT: `adapt.mix` x the adapted weights + the rest x the loaded ones): the given frame
-cannot show how the object will look later, and the loaded weights keep that (a turning car: RESULTS.md). The
-Tracker then runs the finished copies.
+(RESULTS.md), so they are off by default. The finished copy is a weight-space ensemble with the loaded model
+(WiSE-FT: `adapt.mix` x the adapted weights + the rest x the loaded ones): the given frame cannot show how the
+object will look later, and the loaded weights keep that (a turning car: RESULTS.md). The Tracker then runs the
+finished copies.
 
     runner = vos.adapt.runner(cfg)     # infer.py's Runner, adapting every job when cfg.adapt.steps > 0
 
