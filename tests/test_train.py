@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import signal
 import subprocess
@@ -653,6 +654,37 @@ def test_pasted_objects_leave_the_frame_and_come_back():
         if s["valid"][1] and m[0, 1].sum() > 20 and m[5, 1].sum() > 20 and not m[2:4, 1].any():
             left += 1  # a labelled pasted object gone in the middle frames, there at both ends
     assert left >= 3
+
+
+def test_an_object_is_hidden_on_the_middle_frames_and_back_on_the_last():
+    from vos.data.augment import AUGMENT
+    from vos.data.clips import _hide, make_sample
+
+    sq = np.zeros((64, 80), np.uint8)
+    sq[20:40, 10:22] = 2
+    sq[5:12, 60:75] = 1
+    imgs = [np.full((64, 80, 3), 200, np.uint8) for _ in range(5)]
+    cover = [np.full((64, 80, 3), 7, np.uint8) for _ in range(5)]
+    out, masks = _hide(imgs, [sq] * 5, 2, cover)
+    assert [int((m == 2).sum()) for m in masks] == [240, 0, 0, 0, 240]  # gone on the middle frames, back on the last
+    assert all((m == 1).sum() == 105 for m in masks)  # the other object untouched
+    assert (out[2][sq == 2] == 7).all() and (out[0] == 200).all() and (out[4] == 200).all()  # covered, not erased
+    assert (masks[2][out[2][..., 0] == 7] == 0).all()  # the occluder is background
+
+    assert AUGMENT["merge_hide"].hide > 0 and AUGMENT["merge_leave"].hide == 0
+    red, blue = _one_colour_unit(0, (40, 56, 50, 70)), _one_colour_unit(2, (30, 70, 40, 90))  # red: small enough
+
+    def hidden(aug) -> int:  # clips where a labelled object is there at both ends and gone in between
+        n = 0
+        for seed in range(30):
+            s = make_sample(red, "merge", (64, 64), 3, 12, seed=seed, background=blue, aug=aug, clip_len=4)
+            m = s["masks"] > 0
+            n += any(s["valid"][k] and m[0, k].sum() > 20 and m[3, k].sum() > 20 and not m[1:3, k].any()
+                     for k in range(3))
+        return n
+
+    plain = AUGMENT["merge"]
+    assert hidden(dataclasses.replace(plain, hide=1.0)) >= 20 and hidden(plain) <= 2
 
 
 def test_smooth_pseudo_clips_move_along_one_path():

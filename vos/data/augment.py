@@ -26,6 +26,9 @@ class Augment:
     # merge, clips of 4+ frames: chance (when they do not cross) that the pasted objects leave the frame for the
     # middle frames and come back
     leave: float = 0.0
+    # merge, clips of 4+ frames: chance that one of the clip's objects is hidden for the middle frames behind an
+    # occluder (a patch of the partner's image over it) and is back on the last: its id must stay off the others
+    hide: float = 0.0
     # pseudo-clips (static, composite, merge): the frames' homographies lie on one straight path from frame 0's to
     # the last frame's (linear interpolation), so things move smoothly over long clips instead of jumping per frame
     smooth: bool = False
@@ -40,6 +43,7 @@ AUGMENT = {
     "merge": Augment(warp0=0.3, warp=1.0, colour=True),
     "merge_crossing": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.5),
     "merge_leave": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5),
+    "merge_hide": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, hide=0.3),
     "static_smooth": Augment(warp0=0.3, warp=1.0, colour=True, smooth=True),
     "merge_leave_smooth": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, smooth=True),
     "sparse": Augment(warp0=0.3, warp=0.3, colour=False),

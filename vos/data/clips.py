@@ -34,6 +34,7 @@ REGIMES = ("static", "composite", "merge", "sparse", "dense")
 PARTNER_ID = 1000  # partner ids are shifted by this in merged clips
 DISTRACTOR_P = 0.5  # merged clips: chance that another image's pasted objects are unlabelled distractors
 COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a look-alike distractor)
+HIDE_MAX_BOX = 0.2  # merged clips: objects hidden behind an occluder (Augment.hide) have a box of at most this share
 
 
 VOID = 255  # id of pixels whose label is unknown (DAVIS-2017's void): ignored by the loss
@@ -88,16 +89,21 @@ def _big_objects(mask: np.ndarray) -> list[int]:
 
 
 def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_objects: int, copy: bool,
-           crossing: float = 0.0, leave: float = 0.0):
+           crossing: float = 0.0, leave: float = 0.0, hide: float = 0.0):
     """Paste 1-2 objects of a partner clip over a clip (Cutie/STCN's "merge two clips"): they move on their own,
     occlude the clip's objects, and are either more objects to track or, with probability DISTRACTOR_P (always
     when `copy`: the partner is the same image, so the pasted object is a look-alike), unlabelled distractors
     the model must leave as background. Partner ids are shifted by PARTNER_ID so they never collide. With probability
     `crossing` (Augment.crossing) the pasted objects cross one of the clip's objects (see `_cross`); otherwise, with
-    probability `leave` (Augment.leave), they leave the frame and come back (see `_leave_and_return`)."""
+    probability `leave` (Augment.leave), they leave the frame and come back (see `_leave_and_return`). With
+    probability `hide` (Augment.hide), one of the clip's objects whose box takes at most HIDE_MAX_BOX of the frame
+    is hidden for the middle frames (see `_hide`)."""
     p_imgs, p_masks, p_objs = partner
     if not p_objs:
         return imgs, masks, objs
+    small = [o for o in objs if _box_share(masks[0] == o) <= HIDE_MAX_BOX] if hide and len(masks) >= 4 else []
+    if small and rng.random() < hide:  # a bigger object's occluder would be a cut to another scene
+        imgs, masks = _hide(imgs, masks, small[int(rng.integers(len(small)))], p_imgs)
     p_imgs, p_masks = _shrink(p_imgs, p_masks, rng)
     p_objs = [int(o) for o in rng.permutation(p_objs)[: int(rng.integers(1, 3))]]
     keep = [np.isin(m, p_objs) for m in p_masks]
@@ -147,6 +153,33 @@ def _leave_and_return(p_imgs, p_masks, keep0: np.ndarray, rng: np.random.Generat
     tri = 1 - np.abs(2 * np.arange(T) / (T - 1) - 1)  # 0 at both ends, 1 in the middle
     shift = np.minimum(1.6 * tri, 1.15) * out[direction] * rng.uniform(1.0, 1.2)
     return _translate(p_imgs, p_masks, [np.array(direction) * s for s in shift])
+
+
+def _box_share(mask: np.ndarray) -> float:
+    """The share of the frame taken by the mask's bounding box."""
+    ys, xs = np.nonzero(mask)
+    return 0.0 if not len(ys) else (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1) / mask.size
+
+
+def _hide(imgs, masks, obj: int, cover: list[np.ndarray]):
+    """Hide object `obj` on the middle frames (all but the first and last) behind an occluder: an ellipse of the
+    `cover` frames' pixels around its bounding box, labelled background, whatever was under it.
+    The object is wholly out of sight there and back on the last frame: its id must not move onto another object
+    meanwhile (an id handed to the nearest person while its owner is hidden: RESULTS.md)."""
+    imgs, masks = list(imgs), list(masks)
+    for t in range(1, len(masks) - 1):
+        ys, xs = np.nonzero(masks[t] == obj)
+        if not len(ys):
+            continue
+        region = np.zeros(masks[t].shape, np.uint8)
+        centre = (int(round((xs.min() + xs.max()) / 2)), int(round((ys.min() + ys.max()) / 2)))
+        # semi-axes 1.5x the box's half sides (> sqrt 2: the box's corners are inside), plus a margin
+        axes = (int(np.ceil(0.75 * (xs.max() - xs.min() + 1))) + 3, int(np.ceil(0.75 * (ys.max() - ys.min() + 1))) + 3)
+        cv2.ellipse(region, centre, axes, 0, 0, 360, 1, -1)
+        region = region.astype(bool)
+        imgs[t] = np.where(region[..., None], cover[t], imgs[t])
+        masks[t] = np.where(region, 0, masks[t]).astype(masks[t].dtype)
+    return imgs, masks
 
 
 def _translate(imgs, masks, offsets: list[np.ndarray]):
@@ -204,7 +237,8 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
     if regime == "merge":
         copy = bool(rng.random() < COPY_P)
         partner = _frames_of(unit if copy else background, "merge", size, max_gap, rng, aug, clip_len)
-        imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy, aug.crossing, aug.leave)
+        imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy, aug.crossing, aug.leave,
+                                   aug.hide)
     else:
         rng.shuffle(objs)
     objs = objs[:max_objects]
