@@ -163,9 +163,9 @@ def _box_share(mask: np.ndarray) -> float:
 
 def _hide(imgs, masks, obj: int, cover: list[np.ndarray]):
     """Hide object `obj` on the middle frames (all but the first and last) behind an occluder: an ellipse of the
-    `cover` frames' pixels around its bounding box, labelled background, whatever was under it.
-    The object is wholly out of sight there and back on the last frame: its id must not move onto another object
-    meanwhile (an id handed to the nearest person while its owner is hidden: RESULTS.md)."""
+    `cover` frames' pixels around its bounding box, labelled background, whatever was under it. The object is wholly
+    out of sight there and back on the last frame: its id must not move onto another object meanwhile (an id handed
+    to the nearest person while its owner is hidden: RESULTS.md)."""
     imgs, masks = list(imgs), list(masks)
     for t in range(1, len(masks) - 1):
         ys, xs = np.nonzero(masks[t] == obj)
