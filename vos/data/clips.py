@@ -155,10 +155,16 @@ def _leave_and_return(p_imgs, p_masks, keep0: np.ndarray, rng: np.random.Generat
     return _translate(p_imgs, p_masks, [np.array(direction) * s for s in shift])
 
 
+def _bounds(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The mask's bounding box (y0, y1, x0, x1), inclusive; None when it is empty."""
+    ys, xs = np.nonzero(mask)
+    return (ys.min(), ys.max(), xs.min(), xs.max()) if len(ys) else None
+
+
 def _box_share(mask: np.ndarray) -> float:
     """The share of the frame taken by the mask's bounding box."""
-    ys, xs = np.nonzero(mask)
-    return 0.0 if not len(ys) else (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1) / mask.size
+    b = _bounds(mask)
+    return 0.0 if b is None else (b[1] - b[0] + 1) * (b[3] - b[2] + 1) / mask.size
 
 
 def _hide(imgs, masks, obj: int, cover: list[np.ndarray]):
@@ -168,13 +174,14 @@ def _hide(imgs, masks, obj: int, cover: list[np.ndarray]):
     to the nearest person while its owner is hidden: RESULTS.md)."""
     imgs, masks = list(imgs), list(masks)
     for t in range(1, len(masks) - 1):
-        ys, xs = np.nonzero(masks[t] == obj)
-        if not len(ys):
+        b = _bounds(masks[t] == obj)
+        if b is None:
             continue
+        y0, y1, x0, x1 = b
         region = np.zeros(masks[t].shape, np.uint8)
-        centre = (int(round((xs.min() + xs.max()) / 2)), int(round((ys.min() + ys.max()) / 2)))
+        centre = (int(round((x0 + x1) / 2)), int(round((y0 + y1) / 2)))
         # semi-axes 1.5x the box's half sides (> sqrt 2: the box's corners are inside), plus a margin
-        axes = (int(np.ceil(0.75 * (xs.max() - xs.min() + 1))) + 3, int(np.ceil(0.75 * (ys.max() - ys.min() + 1))) + 3)
+        axes = (int(np.ceil(0.75 * (x1 - x0 + 1))) + 3, int(np.ceil(0.75 * (y1 - y0 + 1))) + 3)
         cv2.ellipse(region, centre, axes, 0, 0, 360, 1, -1)
         region = region.astype(bool)
         imgs[t] = np.where(region[..., None], cover[t], imgs[t])
