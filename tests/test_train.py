@@ -707,3 +707,37 @@ def test_smooth_pseudo_clips_move_along_one_path():
             errs.append(np.abs(c - line).max())
         off_path[row] = np.median(errs)
     assert off_path["static_smooth"] < 3 < off_path["static"], off_path  # measured: 0.2 and 11.8 px
+
+
+def test_a_band_of_scene_stands_in_front_of_an_object_on_every_frame():
+    """Augment.band: a thin band of the frame's own pixels crosses an object on every frame, drifting steadily,
+    labelled background where a mask is known (frames without one stay unknown); off, the clips are unchanged."""
+    from vos.data.augment import AUGMENT
+    from vos.data.clips import _band, make_sample
+
+    rng = np.random.default_rng(0)
+    sq = np.zeros((64, 80), np.uint8)
+    sq[16:48, 20:60] = 1
+    imgs = [rng.integers(0, 255, (64, 80, 3), dtype=np.uint8) for _ in range(5)]
+    for seed in range(10):
+        out, masks = _band(imgs, [sq, None, sq, None, sq], sq == 1, np.random.default_rng(seed))
+        assert masks[1] is None and masks[3] is None
+        covered = [np.abs(o.astype(int) - i.astype(int)).sum(-1) > 0 for o, i in zip(out, imgs)]
+        taken = (sq == 1) & (masks[0] == 0)
+        assert taken.sum() > 0 and covered[0][taken].mean() > 0.95  # what is taken away is covered
+        assert all(0.02 < c.mean() < 0.3 for c in covered)  # a thin band, on every frame
+        for t in (0, 2, 4):
+            assert ((masks[t] == 1) <= (sq == 1)).all()  # only taken away, never added
+        xs = [np.nonzero(c)[1].mean() for c in covered]
+        steps = np.diff(xs)
+        assert (steps >= -1).all() or (steps <= 1).all()  # drifts one way (steadily), if at all
+
+    assert AUGMENT["sparse_band"].band > 0 and AUGMENT["sparse"].band == 0
+    unit = _one_colour_unit(0, (20, 80, 20, 100))
+    for seed in range(8):
+        plain = make_sample(unit, "static", (64, 64), 1, 12, seed=seed, aug=AUGMENT["static"])
+        banded = make_sample(unit, "static", (64, 64), 1, 12, seed=seed,
+                             aug=dataclasses.replace(AUGMENT["static"], band=1.0))
+        assert (banded["masks"] <= plain["masks"]).all() and banded["masks"][0].sum() < plain["masks"][0].sum()
+        again = make_sample(unit, "static", (64, 64), 1, 12, seed=seed, aug=AUGMENT["static"])
+        assert torch.equal(plain["images"], again["images"])

@@ -29,6 +29,10 @@ class Augment:
     # merge, clips of 4+ frames: chance that one of the clip's objects is hidden for the middle frames behind an
     # occluder (a patch of the partner's image over it) and is back on the last: its id must stay off the others
     hide: float = 0.0
+    # any regime: chance that a thin band of scene (a pole, a trunk: the frame's own pixels from elsewhere) stands in
+    # front of one of the clip's objects on every frame, drifting steadily, labelled background: the object passes
+    # behind it and shows on both sides (see vos.data.clips._band)
+    band: float = 0.0
     # pseudo-clips (static, composite, merge): the frames' homographies lie on one straight path from frame 0's to
     # the last frame's (linear interpolation), so things move smoothly over long clips instead of jumping per frame
     smooth: bool = False
@@ -47,6 +51,8 @@ AUGMENT = {
     "static_smooth": Augment(warp0=0.3, warp=1.0, colour=True, smooth=True),
     "merge_leave_smooth": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, smooth=True),
     "sparse": Augment(warp0=0.3, warp=0.3, colour=False),
+    "sparse_band": Augment(warp0=0.3, warp=0.3, colour=False, band=0.5),
+    "dense_band": Augment(warp0=0.3, warp=0.3, colour=False, band=0.5),
     "dense": Augment(warp0=0.3, warp=0.3, colour=False),
 }
 

@@ -35,6 +35,7 @@ PARTNER_ID = 1000  # partner ids are shifted by this in merged clips
 DISTRACTOR_P = 0.5  # merged clips: chance that another image's pasted objects are unlabelled distractors
 COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a look-alike distractor)
 HIDE_MAX_BOX = 0.2  # merged clips: objects hidden behind an occluder (Augment.hide) have a box of at most this share
+BAND_WIDTH = (0.04, 0.12)  # occluding bands (Augment.band): width, as a share of the frame's width
 
 
 VOID = 255  # id of pixels whose label is unknown (DAVIS-2017's void): ignored by the loss
@@ -189,6 +190,32 @@ def _hide(imgs, masks, obj: int, cover: list[np.ndarray]):
     return imgs, masks
 
 
+def _band(imgs, masks, obj_mask: np.ndarray, rng: np.random.Generator):
+    """Stand a thin band in front of an object on every frame (Augment.band): a pole or a trunk of the scene between
+    the camera and the object. The band crosses the object's box (`obj_mask`: its frame-0 pixels) on frame 0, leans
+    at most 25 degrees off the vertical (a quarter of the time off the horizontal), drifts steadily by up to a fifth
+    of the frame over the clip, and shows the frame's own pixels from elsewhere (a fixed shift, darkened or
+    brightened): scene, not a new thing. Labelled background wherever a mask is known; frames without one stay so."""
+    h, w = obj_mask.shape
+    y0, y1, x0, x1 = _bounds(obj_mask)
+    centre = np.array([rng.uniform(x0, x1 + 1), rng.uniform(y0, y1 + 1)])
+    angle = np.deg2rad(rng.uniform(-25, 25) + (90 if rng.random() < 0.25 else 0))
+    along = np.array([np.sin(angle), np.cos(angle)])  # the band's direction (x, y): vertical at angle 0
+    half = rng.uniform(*BAND_WIDTH) * w / 2
+    drift = np.array([-along[1], along[0]]) * rng.uniform(-0.2, 0.2) * w  # across the band, over the whole clip
+    shift = (int(rng.integers(h // 4, h - h // 4 + 1)), int(rng.integers(w // 4, w - w // 4 + 1)))
+    gain = rng.uniform(0.5, 1.2)
+    ys, xs = np.mgrid[:h, :w]
+    out_imgs, out_masks = [], []
+    for t, (img, mask) in enumerate(zip(imgs, masks)):
+        c = centre + drift * (t / max(1, len(imgs) - 1) - 0.5)
+        region = np.abs((xs - c[0]) * along[1] - (ys - c[1]) * along[0]) <= half
+        cover = np.clip(np.roll(img, shift, (0, 1)).astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        out_imgs.append(paste(cover, region, img))
+        out_masks.append(None if mask is None else np.where(region, 0, mask).astype(mask.dtype))
+    return out_imgs, out_masks
+
+
 def _translate(imgs, masks, offsets: list[np.ndarray]):
     """Shift each frame's image and id mask by its (dx, dy) offset; what leaves the frame is cut."""
     moved = [_affine([i], [m], np.array([[1.0, 0, d[0]], [0, 1.0, d[1]]])) for i, m, d in zip(imgs, masks, offsets)]
@@ -241,6 +268,10 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
         keep = [np.isin(m, objs) for m in masks]
         imgs = [paste(i, k, b) for i, k, b in zip(imgs, keep, bg)]
         masks = [np.where(k, m, 0).astype(np.uint8) for m, k in zip(masks, keep)]
+    if aug.band and objs and rng.random() < aug.band:  # draws only with bands on: other rows keep their samples
+        imgs, masks = _band(imgs, masks, masks[0] == objs[int(rng.integers(len(objs)))], rng)
+        visible = _big_objects(masks[0])
+        objs = [o for o in objs if o in visible]
     if regime == "merge":
         copy = bool(rng.random() < COPY_P)
         partner = _frames_of(unit if copy else background, "merge", size, max_gap, rng, aug, clip_len)
