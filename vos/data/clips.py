@@ -249,6 +249,7 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
     merge: a static clip with 1-2 objects of another annotated image (`background`, or the image itself) pasted
     over it from their own static clip: occlusion, several objects, look-alike distractors (see `_merge`).
     sparse/dense: the annotated frame and clip_len - 1 real frames within max_gap of it (masks only where allowed).
+    Any regime: with Augment.band, a band of scene may stand in front of one of the objects on every frame (`_band`).
     Objects on frame 0 beyond max_objects stay unlabelled (background): more distractors. Pixels of id VOID
     (255) in a mask are "unknown": they come back as `void` (3, H, W) and the loss ignores them.
     """
