@@ -42,6 +42,7 @@ def test_choices_and_ranges_are_checked_at_load(tmp_path):
             (InferConfig, "locality=-1", r"locality=-1.0 is out of range: it must be >= 0 and <= 1"),
             (InferConfig, "window=0", r"window=0 is out of range"),
             (TrainConfig, "optim.batch_size=0", r"optim.batch_size=0 is out of range"),
+            (TrainConfig, "model.short_term.stride=12", r"short_term.stride=12 is not allowed: it must be one of 8, 16"),
             (TrainConfig, "data.sources=[{kind: synthetic, weight: -1}]", r"data.sources\[0\].weight=-1")):
         with pytest.raises(ConfigError, match=match):
             load_config(schema, None, [item])

@@ -235,14 +235,17 @@ def test_packaged_lite0_weights_classify_real_photos(name, expected):
     assert top[0] in expected, top
 
 
-def test_local_attention_reads_only_its_window():
+@pytest.mark.parametrize("radius,tile", [(1, 6), (1, 2), (2, 3)])
+def test_local_attention_reads_only_its_window(radius, tile):
+    """Whatever the tiling (one tile, or ragged tiles cut by the frame's edge), every pixel reads exactly its own
+    window."""
     from vos.model.short_term import local_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(2, 8, 5, 7, generator=g), torch.randn(2, 8, 5, 7, generator=g), torch.rand(2, 3, 5, 7, generator=g)
-    out = local_attention(q, k, v, 1)
-    for b, y, x in [(0, 0, 0), (1, 2, 3), (0, 4, 6), (1, 4, 0)]:
-        ys, xs = slice(max(0, y - 1), y + 2), slice(max(0, x - 1), x + 2)
+    out = local_attention(q, k, v, radius, tile)
+    for b, y, x in [(0, 0, 0), (1, 2, 3), (0, 4, 6), (1, 4, 0), (0, 3, 5), (1, 1, 2)]:
+        ys, xs = slice(max(0, y - radius), y + radius + 1), slice(max(0, x - radius), x + radius + 1)
         keys, vals = k[b, :, ys, xs].flatten(1), v[b, :, ys, xs].flatten(1)
         a = (q[b, :, y, x] @ keys / 8 ** 0.5).softmax(0)
         torch.testing.assert_close(out[b, :, y, x], vals @ a)
@@ -267,12 +270,13 @@ def test_topk_attention_reads_only_the_best_matches_anywhere():
     assert topk_attention(q[:1], k2, v2, 3)[0, 0, 0, 0] > 0.9
 
 
-def test_given_frame_read_starts_as_a_no_op_and_learns():
+@pytest.mark.parametrize("stride", [16, 8])
+def test_given_frame_read_starts_as_a_no_op_and_learns(stride):
     """The given-frame read (short_term.given_topk) adds nothing at initialisation, so a model trained without it
     loads and runs unchanged; once its first layer moves, the logits move and the loss reaches the given frame's
-    masks."""
+    masks (read at stride 16 by a stride-8 path too)."""
     torch.manual_seed(0)
-    model = HODOR(tiny_cfg(**{"short_term.radius": 2, "short_term.given_topk": 4}))
+    model = HODOR(tiny_cfg(**{"short_term.radius": 2, "short_term.given_topk": 4, "short_term.stride": stride}))
     torch.nn.init.normal_(model.short_term.fuse[-1].weight, std=0.5)
     images = torch.rand(3, 3, 64, 96)
     m = torch.zeros(1, 2, 64, 96)
@@ -292,12 +296,13 @@ def test_given_frame_read_starts_as_a_no_op_and_learns():
     assert masks.grad.abs().sum() > 0 and model.short_term.given_in.weight.grad.abs().sum() > 0
 
 
-def test_short_term_path_starts_as_a_no_op_and_learns_through_the_soft_masks():
+@pytest.mark.parametrize("stride", [16, 8])
+def test_short_term_path_starts_as_a_no_op_and_learns_through_the_soft_masks(stride):
     """At initialisation the path adds nothing (the model is the descriptor-only one); once its last layer moves,
     it moves the logits, and the loss reaches the previous frame's soft masks (cycle consistency through it), its
-    keys and the features."""
+    keys and the features. At stride 16 or 8: the path's keys and masks are that much coarser than the frame."""
     torch.manual_seed(0)
-    with_path = HODOR(tiny_cfg(**{"short_term.radius": 2}))
+    with_path = HODOR(tiny_cfg(**{"short_term.radius": 2, "short_term.stride": stride}))
     plain = HODOR(tiny_cfg())
     plain.load_state_dict({k: v for k, v in with_path.state_dict().items() if not k.startswith("short_term.")})
     images = torch.rand(2, 3, 64, 96)
@@ -310,7 +315,8 @@ def test_short_term_path_starts_as_a_no_op_and_learns_through_the_soft_masks():
         mem = first.desc[:, None]
         outs.append(model.step(f1, mem, torch.ones(mem.shape[:3], dtype=torch.bool), last=first.last))
     assert plain.short_term is None and outs[1].last is None
-    assert outs[0].last.masks.shape == (1, 3, 4, 6) and outs[0].last.keys.shape[-2:] == (4, 6)
+    assert outs[0].last.masks.shape == (1, 3, 64 // stride, 96 // stride)
+    assert outs[0].last.keys.shape[-2:] == (64 // stride, 96 // stride)
     torch.testing.assert_close(outs[0].logits, outs[1].logits)
     torch.nn.init.normal_(with_path.short_term.fuse[-1].weight, std=0.5)
     f0, f1 = with_path.features(images[:1]), with_path.features(images[1:])

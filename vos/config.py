@@ -31,9 +31,10 @@ class ConfigError(VosError):
     pass
 
 
-def bounded(default: Any, min: float | None = None, max: float | None = None, above: float | None = None) -> Any:
-    """A field whose value must lie in [min, max] (and be > `above`), checked at load."""
-    return field(default=default, metadata={"min": min, "max": max, "above": above})
+def bounded(default: Any, min: float | None = None, max: float | None = None, above: float | None = None,
+            choices: tuple | None = None) -> Any:
+    """A field whose value must lie in [min, max] (and be > `above`, and be one of `choices`), checked at load."""
+    return field(default=default, metadata={"min": min, "max": max, "above": above, "choices": choices})
 
 
 class Schedule(StrEnum):
@@ -109,7 +110,8 @@ class ShortTermConfig:
     """The short-term path (vos.model.short_term): the last frame's masks carried by local pixel matching, as logit
     offsets learned with the rest of the model. radius 0 = off (the descriptor-only model)."""
 
-    radius: int = bounded(0, min=0)  # matching window radius, in stride-16 pixels (4: 64 px each way)
+    radius: int = bounded(0, min=0)  # matching window radius, in the path's pixels (4 at stride 16: 64 px each way)
+    stride: int = bounded(16, choices=(8, 16))  # the path's pixels: 16 or 8 (keys and masks 2x finer, ~4x the pixels)
     key_channels: int = bounded(32, min=4)
     given_topk: int = bounded(0, min=0)  # > 0: also read the given frame's masks, top-k over all its pixels; 0: off
 
@@ -420,6 +422,9 @@ def _check_ranges(cfg: DictConfig, schema: type, where: str = "") -> None:
                 bounds = " and ".join(b for b in (f">= {lo}" if lo is not None else "", f"<= {hi}" if hi is not None
                                                   else "", f"> {above}" if above is not None else "") if b)
                 raise ConfigError(f"config value {where}{name}={value} is out of range: it must be {bounds}")
+            if f.metadata["choices"] and value not in f.metadata["choices"]:
+                raise ConfigError(f"config value {where}{name}={value} is not allowed: it must be one of "
+                                  f"{', '.join(map(str, f.metadata['choices']))}")
 
 
 def config_from_dict(schema: type, data: dict) -> DictConfig:

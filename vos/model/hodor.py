@@ -161,7 +161,8 @@ class HODOR(nn.Module):
         self.desc_proj = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, cm))
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
         st = cfg.short_term
-        self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk) if st.radius else None
+        self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk,
+                                        stride=st.stride) if st.radius else None
 
     def train(self, mode: bool = True) -> "HODOR":
         """Backbone BatchNorm statistics stay frozen: training batches of a few clips are too small for them."""
@@ -296,10 +297,10 @@ class HODOR(nn.Module):
 
     def remember(self, feats: Features, probs: torch.Tensor) -> LastFrame | None:
         """What this frame leaves for the next one's short-term path: its keys and final probabilities (B, 1 + I,
-        H/4, W/4) at stride 16. None without the path."""
+        H/4, W/4) at the path's stride. None without the path."""
         if self.short_term is None:
             return None
-        return LastFrame(feats.key, F.avg_pool2d(probs, 4))
+        return LastFrame(feats.key, self.short_term.masks(probs))
 
     def commit(self, feats: Features, probs: torch.Tensor, given: torch.Tensor | None = None,
                given_valid: torch.Tensor | None = None, valid: torch.Tensor | None = None,
