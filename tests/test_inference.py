@@ -283,6 +283,35 @@ def test_short_term_path_follows_objects_added_and_removed(clip_dir):
     assert p.lasts == [None] and p.given_frames == [[]]
 
 
+def test_pixel_memory_keeps_every_nth_frame_for_the_given_read():
+    """With pixel_memory_every N, the given-frame read also sees every Nth frame (not the given ones) with its
+    predicted masks, the last pixel_memory_frames of them; it changes what the read returns, and removing an object
+    removes it there too."""
+    cfg = load_config(ModelConfig, None, TINY + ["short_term.radius=2", "short_term.given_topk=4"])
+    torch.manual_seed(0)
+    model = HODOR(cfg).eval()
+    torch.nn.init.normal_(model.short_term.fuse[-1].weight, std=0.5)
+    torch.nn.init.normal_(model.short_term.given_in.weight, std=0.5)
+    images = torch.rand(8, 3, 64, 96)
+    mask = torch.zeros(64, 96)
+    mask[20:44, 30:60] = 1
+    with_memory, without = Tracker([model], locality=0, pixel_memory_every=2, pixel_memory_frames=2), Tracker([model], locality=0)
+    lasts = {}
+    for t in range(8):
+        new = {1: mask.numpy(), 2: (1 - mask).numpy()} if t == 0 else None
+        with_memory.step(images[t], new)
+        without.step(images[t], new)
+        lasts[t] = with_memory.lasts[0]
+        if t < 3:
+            torch.testing.assert_close(with_memory.last.probs, without.last.probs)
+    assert [id(f) for f in with_memory.pixel_memory[0]] == [id(lasts[4]), id(lasts[6])]
+    assert (with_memory.last.probs - without.last.probs).abs().max() > 1e-3
+    with_memory.remove_object(1)
+    assert [f.masks.shape[1] for f in with_memory.pixel_memory[0]] == [2, 2]
+    with_memory.reset()
+    assert list(with_memory.pixel_memory[0]) == []
+
+
 def test_fused_model_gives_the_unfused_output(tmp_path):
     cfg = load_config(ModelConfig, None, TINY)
     torch.manual_seed(0)

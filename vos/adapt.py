@@ -76,7 +76,8 @@ def where_others_may_be(tracker: Tracker, frames: FrameSource, prompts: dict[int
         return {}
     h, w = frames.size
     session = VideoSession(Tracker(tracker.models, tracker.window, tracker.anchor_first, tracker.locality.radius,
-                                   tracker.locality.floor, tracker.dtype), frames, (h, w))
+                                   tracker.locality.floor, tracker.dtype, tracker.pixel_memory_every,
+                                   tracker.pixel_memory_frames), frames, (h, w))
     session.prompts = prompts
     first, last = min(prompts), max(prompts)
     seen: dict[int, list[np.ndarray]] = {t: [] for t in todo}

@@ -168,6 +168,10 @@ class AdaptConfig:
 class InferConfig:
     window: int = bounded(7, min=1)  # W: past frames whose descriptors the decoder attends to
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
+    # pixel memory (XMem's working memory, for the short-term path's given-frame read): every Nth frame's keys and
+    # predicted masks join the given frames the read sees, the last `pixel_memory_frames` of them; 0 = given only
+    pixel_memory_every: int = bounded(0, min=0)
+    pixel_memory_frames: int = bounded(3, min=1)
     # locality rule (vos.inference.locality): each object stays within this fraction of the frame's longer side of
     # where it was in the last frame (its probability x locality_floor beyond), so look-alikes far away do not
     # take it over; 0 = off. The shipped model keeps objects apart by its learned short-term path and runs without

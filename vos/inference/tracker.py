@@ -18,6 +18,7 @@ so memory never grows with the video's length.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Sequence
 
 import numpy as np
@@ -48,6 +49,9 @@ class Tracker:
       given_frames: per model in use, the `StepOutput.last` of every frame where masks were given (what a
         short-term path with `given_topk` reads, all of them as one set of pixels; training has one given frame a
         clip). Objects tracked at such a frame but not given there carry their predicted masks.
+      pixel_memory: per model in use, the `StepOutput.last` of every `pixel_memory_every`-th frame (the last
+        `pixel_memory_frames` of them), which the read sees beside the given frames: what the objects look like
+        lately, with their predicted masks (XMem's working memory; empty with pixel_memory_every 0).
       locality: the locality rule (LocalityPrior; radius 0 = off).
       dtype: autocast dtype of the forward passes (None = fp32); inference picks it with vos.utils.precision.
       frame_index: how many frames have been processed since the last reset.
@@ -57,7 +61,9 @@ class Tracker:
 
     def __init__(self, models: Sequence[HODOR], window: int = InferConfig.window,
                  anchor_first: bool = InferConfig.anchor_first, locality: float = InferConfig.locality,
-                 locality_floor: float = InferConfig.locality_floor, dtype: torch.dtype | None = None):
+                 locality_floor: float = InferConfig.locality_floor, dtype: torch.dtype | None = None,
+                 pixel_memory_every: int = InferConfig.pixel_memory_every,
+                 pixel_memory_frames: int = InferConfig.pixel_memory_frames):
         if not models:
             raise ValueError("a Tracker needs at least one model")
         if len({m.num_bg for m in models}) > 1:
@@ -66,13 +72,15 @@ class Tracker:
         self.adapted: list[HODOR] | None = None
         self.device = next(models[0].parameters()).device
         self.window, self.anchor_first, self.dtype = window, anchor_first, dtype
+        self.pixel_memory_every, self.pixel_memory_frames = pixel_memory_every, pixel_memory_frames
         self.locality = LocalityPrior(locality, locality_floor)
         self.reset()
 
     @classmethod
     def from_config(cls, models: Sequence[HODOR], cfg, dtype: torch.dtype | None = None) -> "Tracker":
         """cfg: an InferConfig."""
-        return cls(models, cfg.window, cfg.anchor_first, cfg.locality, cfg.locality_floor, dtype)
+        return cls(models, cfg.window, cfg.anchor_first, cfg.locality, cfg.locality_floor, dtype,
+                   cfg.pixel_memory_every, cfg.pixel_memory_frames)
 
     @property
     def active(self) -> list[HODOR]:
@@ -93,6 +101,7 @@ class Tracker:
         self.memories = [DescriptorMemory(m.num_bg, self.window, self.anchor_first) for m in self.active]
         self.lasts: list = [None] * len(self.active)
         self.given_frames: list[list] = [[] for _ in self.active]
+        self.pixel_memory: list[deque] = [deque(maxlen=self.pixel_memory_frames) for _ in self.active]
         self.locality.reset()
         self.frame_index = 0
         self.last: StepOutput | None = None
@@ -110,7 +119,7 @@ class Tracker:
         k = self.objects.remove(obj)
         for mem in self.memories:
             mem.remove_object(k)
-        frames = self.lasts + [f for given in self.given_frames for f in given]
+        frames = self.lasts + [f for kept in self.given_frames + self.pixel_memory for f in kept]
         for last in {id(f): f for f in frames}.values():  # the same frame may be both
             if last is not None and last.masks.shape[1] > k + 1:
                 last.masks = torch.cat([last.masks[:, : k + 1], last.masks[:, k + 2:]], 1)
@@ -152,8 +161,9 @@ class Tracker:
                 given_rows = torch.zeros(n, dtype=torch.bool)  # on the host: the memory decides with it
                 given_rows[[self.objects.index(obj) for obj in new_masks]] = True
             decoded = [m.predict(f, *mem.read(n, given_rows), n, last, given_frame)
-                       for m, f, mem, last, given_frame in zip(models, feats, self.memories, self.lasts,
-                                                               (LastFrame.concat(g, n) for g in self.given_frames))]
+                       for m, f, mem, last, given_frame in zip(
+                           models, feats, self.memories, self.lasts,
+                           (LastFrame.concat(g + list(p), n) for g, p in zip(self.given_frames, self.pixel_memory)))]
             probs = torch.stack([p for _, p in decoded]).mean(0) if len(models) > 1 else decoded[0][1]
             probs = self.locality(probs, ids)
             committed = [m.commit(f, probs, given, given_valid) for m, f in zip(models, feats)]
@@ -165,6 +175,10 @@ class Tracker:
             for given, last in zip(self.given_frames, self.lasts):
                 if last is not None:
                     given.append(last)
+        elif self.pixel_memory_every and self.frame_index % self.pixel_memory_every == 0:
+            for kept, last in zip(self.pixel_memory, self.lasts):
+                if last is not None:
+                    kept.append(last)
         self.locality.update(probs, ids)
         self.last = StepOutput(decoded[0][0] if len(models) == 1 else None, probs, committed[0][1])
         self.frame_index += 1
