@@ -295,7 +295,8 @@ def test_pixel_memory_keeps_every_nth_frame_for_the_given_read():
     images = torch.rand(8, 3, 64, 96)
     mask = torch.zeros(64, 96)
     mask[20:44, 30:60] = 1
-    with_memory, without = Tracker([model], locality=0, pixel_memory_every=2, pixel_memory_frames=2), Tracker([model], locality=0)
+    with_memory = Tracker([model], locality=0, pixel_memory_every=2, pixel_memory_frames=2)
+    without = Tracker([model], locality=0)
     lasts = {}
     for t in range(8):
         new = {1: mask.numpy(), 2: (1 - mask).numpy()} if t == 0 else None

@@ -8,24 +8,25 @@ descriptors do not carry (after STCN / XMem / Cutie's pixel memory and Cutie's `
     last = LastFrame(keys, soft masks at that stride)  # what a frame leaves for the next one
     offsets = path(keys, last, num_objects, given_frame)  # (B, I, h, w) logit offsets, added to the decoder's logits
 
-It works at stride 16 or 8 (`stride`): it says whose a region is, the descriptors' stride-4 logits draw the
-boundaries. Stride 16 (27 px at 480p) keeps its attention cheapest but cannot tell a pole or a trunk from the object
-behind it; stride 8 (the issue's and STCN's) sees 2x finer, at ~16x the attention cost. For every pixel of this frame, attention over the (2r + 1)^2 pixels around the same place
-in the previous frame
-(softmax of key . key / sqrt(Ck)) reads the previous frame's soft masks: the last masks moved by appearance. A small
-convolution turns, per object, [carried mask, last mask, the other objects' carried masks, whether the object was
-present a frame ago] into an offset for that object's logits. The window bounds how far an object can be carried; an
-object absent a frame ago (left the frame, new) gets its offset from the same network with "absent" as input, so it
-is free to come back anywhere. Its last layer starts at zero: at initialisation the model is the descriptor-only one.
+It works at stride 16 (`stride`, the default) or 8: it says whose a region is, the descriptors' stride-4 logits draw
+the boundaries. Stride 8 (STCN's) carries masks 2x finer at ~3x the path's cost and was not better (RESULTS.md, "The
+short-term path at stride 8"). For every pixel of this frame, attention over the (2r + 1)^2 pixels around the same
+place in the previous frame (softmax of key . key / sqrt(Ck)) reads the previous frame's soft masks: the last masks
+moved by appearance. A small convolution turns, per object, [carried mask, last mask, the other objects' carried
+masks, whether the object was present a frame ago] into an offset for that object's logits. The window bounds how
+far an object can be carried; an object absent a frame ago (left the frame, new) gets its offset from the same
+network with "absent" as input, so it is free to come back anywhere. Its last layer starts at zero: at
+initialisation the model is the descriptor-only one.
 
-With `given_topk` > 0 it also reads the GIVEN frame (at stride 16 whatever `stride`) (STCN / XMem's memory read, global, after Cutie): every pixel of
-this frame attends to its `given_topk` best-matching pixels anywhere in the frame whose masks were given
-(`given_frame`, a LastFrame too) and reads their masks: what an object looked like where a person drew it, wherever
-it is now. What the local window cannot see (an object back from outside the frame, a jump) and what the
-descriptors blur (one mean per object). At inference: every frame where masks were given, side by side
-(`LastFrame.concat`); in a training cycle, the first source of a node (the annotated frame going forward, the
-turning frame coming back, so the cycle's end never reads the ground truth). Two more inputs of the fusion, [given read, the other objects' given
-read], through their own first layer, zero at initialisation: a model trained without them starts unchanged.
+With `given_topk` > 0 it also reads the GIVEN frame, at stride 16 whatever `stride` (STCN / XMem's memory read,
+global, after Cutie): every pixel of this frame attends to its `given_topk` best-matching pixels anywhere in the
+frame whose masks were given (`given_frame`, a LastFrame too) and reads their masks: what an object looked like
+where a person drew it, wherever it is now. What the local window cannot see (an object back from outside the frame,
+a jump) and what the descriptors blur (one mean per object). At inference: every frame where masks were given, side
+by side (`LastFrame.concat`); in a training cycle, the first source of a node (the annotated frame going forward,
+the turning frame coming back, so the cycle's end never reads the ground truth). Two more inputs of the fusion,
+[given read, the other objects' given read], through their own first layer, zero at initialisation: a model trained
+without them starts unchanged.
 The same step runs in training (the previous node of a cycle) and inference (the previous frame): vos.model.hodor.
 """
 
@@ -105,10 +106,12 @@ def _outside(h: int, w: int, radius: int, tile: int, device: torch.device) -> to
     R = tile + 2 * radius
     nh, nw = -(-h // tile), -(-w // tile)
     with torch.inference_mode(False):
-        frame = F.pad(torch.ones(1, 1, h, w, device=device), (radius, radius + nw * tile - w, radius, radius + nh * tile - h))
+        pad = (radius, radius + nw * tile - w, radius, radius + nh * tile - h)
+        frame = F.pad(torch.ones(1, 1, h, w, device=device), pad)
         inside = F.unfold(frame, R, stride=tile)[0].T > 0  # (L, R * R)
-        qy, qx = torch.arange(tile, device=device).repeat_interleave(tile), torch.arange(tile, device=device).repeat(tile)
-        ky, kx = torch.arange(R, device=device).repeat_interleave(R), torch.arange(R, device=device).repeat(R)
+        t, r = torch.arange(tile, device=device), torch.arange(R, device=device)
+        qy, qx = t.repeat_interleave(tile), t.repeat(tile)
+        ky, kx = r.repeat_interleave(R), r.repeat(R)
         far = ((qy[:, None] + radius - ky).abs() > radius) | ((qx[:, None] + radius - kx).abs() > radius)
         return far | ~inside[:, None]
 
