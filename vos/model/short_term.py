@@ -70,19 +70,18 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, radius: i
     ~5x forward + backward on the CPU), while the batched matrix products stay large enough to be fast."""
     B, C, h, w = q.shape
     V, R = v.shape[1], tile + 2 * radius
-    nh, nw = -(-h // tile), -(-w // tile)
+    nh, nw, pad = _tiles(h, w, radius, tile)
     L = nh * nw
     qt = F.pad(q * (1 / math.sqrt(C)), (0, nw * tile - w, 0, nh * tile - h)).view(B, C, nh, tile, nw, tile)
     qt = qt.permute(0, 2, 4, 3, 5, 1).reshape(B * L, tile * tile, C)
-    pad = (radius, radius + nw * tile - w, radius, radius + nh * tile - h)
 
     def windows(x: torch.Tensor) -> torch.Tensor:  # (B, X, h, w) -> (B * L, X, R * R): each tile's key window
         return F.unfold(F.pad(x, pad), R, stride=tile).view(B, x.shape[1], R * R, L).permute(0, 3, 1, 2) \
             .reshape(B * L, x.shape[1], R * R)
 
-    a = torch.bmm(qt.contiguous(), windows(k).contiguous()).float().view(B, L, tile * tile, R * R)
+    a = torch.bmm(qt, windows(k)).float().view(B, L, tile * tile, R * R)
     a = a.masked_fill(_outside(h, w, radius, tile, q.device), NEG).softmax(-1).view(B * L, tile * tile, R * R)
-    out = torch.bmm(windows(v).contiguous(), a.to(v.dtype).transpose(1, 2).contiguous())  # (B * L, V, tile * tile)
+    out = torch.bmm(windows(v), a.to(v.dtype).transpose(1, 2).contiguous())  # (B * L, V, tile * tile)
     out = out.view(B, nh, nw, V, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(B, V, nh * tile, nw * tile)
     return out[..., :h, :w]
 
@@ -97,6 +96,13 @@ def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int)
     return (read * vals.softmax(-1).to(v.dtype)[:, None]).sum(-1).view(B, V, *q.shape[-2:])
 
 
+def _tiles(h: int, w: int, radius: int, tile: int) -> tuple[int, int, tuple[int, int, int, int]]:
+    """`local_attention`'s tiling of an h x w map: tile rows, tile columns, and the padding (left, right, top, bottom)
+    that gives every tile its whole (tile + 2 radius)^2 window."""
+    nh, nw = -(-h // tile), -(-w // tile)
+    return nh, nw, (radius, radius + nw * tile - w, radius, radius + nh * tile - h)
+
+
 @functools.lru_cache(maxsize=8)
 def _outside(h: int, w: int, radius: int, tile: int, device: torch.device) -> torch.Tensor:
     """(L, tile^2, (tile + 2 radius)^2) bool for `local_attention`'s L tiles: key pixels of a tile's window that are
@@ -104,9 +110,8 @@ def _outside(h: int, w: int, radius: int, tile: int, device: torch.device) -> to
     video asks for the same one. A normal tensor even when first asked for under inference_mode: training may reuse
     it."""
     R = tile + 2 * radius
-    nh, nw = -(-h // tile), -(-w // tile)
+    pad = _tiles(h, w, radius, tile)[2]
     with torch.inference_mode(False):
-        pad = (radius, radius + nw * tile - w, radius, radius + nh * tile - h)
         frame = F.pad(torch.ones(1, 1, h, w, device=device), pad)
         inside = F.unfold(frame, R, stride=tile)[0].T > 0  # (L, R * R)
         t, r = torch.arange(tile, device=device), torch.arange(R, device=device)
@@ -154,12 +159,11 @@ class ShortTermPath(nn.Module):
         if self.given_topk and given_frame is not None:
             # at stride 16 whatever the path's stride: it says whose a region is, not where its edge is, at 1/16 of the
             # cost at stride 8 (the keys are a 1x1 conv of the features: pooled keys are the stride-16 path's keys)
-            q, gk = keys, given_frame.keys.to(keys.dtype)
-            gm = _objects(given_frame, num_objects, keys.dtype)
-            if self.stride == 8:
-                q, gk, gm = F.avg_pool2d(q, 2), F.avg_pool2d(gk, 2), F.avg_pool2d(gm, 2)
-            read = topk_attention(q, gk, gm, self.given_topk)
-            if self.stride == 8:
+            pool = 16 // self.stride
+            q, gk = F.avg_pool2d(keys, pool), F.avg_pool2d(given_frame.keys.to(keys.dtype), pool)
+            read = topk_attention(q, gk, F.avg_pool2d(_objects(given_frame, num_objects, keys.dtype), pool),
+                                  self.given_topk)
+            if pool > 1:
                 read = F.interpolate(read, size=(h, w), mode="bilinear", align_corners=False)
             hidden = hidden + self.given_in(torch.stack([read, read.sum(1, keepdim=True) - read], 2).flatten(0, 1))
         return self.fuse[1:](hidden).view(B, I, h, w)
