@@ -327,3 +327,29 @@ def test_short_term_path_starts_as_a_no_op_and_learns_through_the_soft_masks(str
     assert (out.logits - outs[1].logits).abs().max() > 1e-2
     out.logits[:, -2:].logsumexp(1).mean().backward()
     assert masks.grad.abs().sum() > 0 and with_path.short_term.key.weight.grad.abs().sum() > 0
+
+
+def test_anchor_check_starts_as_a_no_op_and_lowers_the_frames_unlike_their_first():
+    """decoder.anchor_check adds nothing at initialisation (a model trained without it decodes unchanged); once
+    trained, each past frame's offset comes from its descriptor and its row's FIRST VALID one (the anchor), so a
+    frame whose descriptor equals its anchor's gets the anchor's offset, and padded frames do not count as anchors."""
+    torch.manual_seed(0)
+    plain, checked = HODOR(tiny_cfg()), HODOR(tiny_cfg(**{"decoder.anchor_check": True}))
+    checked.load_state_dict(plain.state_dict(), strict=False)
+    f = plain.features(torch.rand(1, 3, 64, 96))
+    desc = torch.randn(1, 3, plain.num_bg + 2, plain.cfg.channels)
+    valid = torch.ones(desc.shape[:3], dtype=torch.bool)
+    valid[0, 0, -1] = False  # the last object appears at frame 1: its anchor is frame 1, not frame 0
+    torch.testing.assert_close(checked.decode(f, desc, valid), plain.decode(f, desc, valid))
+
+    check = checked.anchor_check
+    torch.nn.init.normal_(check.net[-1].weight, std=0.5)
+    desc[0, 2, -1] = desc[0, 1, -1]  # frame 2 repeats the last object's anchor; frame 0's row is padding
+    off = check(desc, valid)
+    assert off.shape == valid.shape
+    torch.testing.assert_close(off[0, 2, -1], off[0, 1, -1])
+    assert (off[0, 1:, :-1] - off[0, :1, :-1]).abs().min() > 0  # the others differ from their anchor, frame 0
+    ref = desc[:, :1].expand_as(desc)
+    manual = check.net(torch.cat([desc, ref, desc * ref, (desc - ref).abs()], -1)).squeeze(-1)
+    torch.testing.assert_close(off[..., :-1], manual[..., :-1])
+    assert (checked.decode(f, desc, valid) - plain.decode(f, desc, valid)).abs().max() > 1e-3

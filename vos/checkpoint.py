@@ -105,7 +105,8 @@ def _has_backbone(weights: dict) -> bool:
 def init_from(model: HODOR, path: str | Path) -> None:
     """Start a run from another checkpoint's weights; "FILE.pt#K": member K of a checkpoint of several models.
     A frozen backbone may be absent from it; a different decoder.pixel_block starts fresh (only that block), and so
-    does a short-term path (or its given-frame read) the source lacks (it starts as a no-op: vos.model.short_term)."""
+    do a short-term path (or its given-frame read) and a decoder anchor check the source lacks (both start as
+    no-ops: vos.model.short_term, vos.model.hodor.AnchorCheck)."""
     path, _, member = str(path).partition("#")
     state = load_checkpoint(path)
     if "members" in state:
@@ -121,6 +122,8 @@ def init_from(model: HODOR, path: str | Path) -> None:
     block = r"decoder\.\d+\.block\." if theirs != model.cfg.decoder.pixel_block else NOTHING
     theirs_st = state["config"].get("model", {}).get("short_term", {})
     fresh = block
+    if not state["config"].get("model", {}).get("decoder", {}).get("anchor_check"):
+        fresh += r"|anchor_check\."
     if not theirs_st.get("radius"):
         fresh += r"|short_term\."
     elif not theirs_st.get("given_topk"):

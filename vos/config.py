@@ -103,6 +103,9 @@ class DecoderConfig:
     # Local pixel-mixing block of each decoder layer: "deform" (3x3 deformable conv, the paper's), "conv"
     # (depthwise-separable 3x3 conv, cheap on CPU), "none", or an attention block from vos.model.pixel_blocks.
     pixel_block: str = "conv"
+    # A learned check of each past frame's descriptors against the same object's first valid (given) ones: a logit
+    # offset per past frame and descriptor (vos.model.hodor.AnchorCheck; starts as a no-op). Off: today's decoder.
+    anchor_check: bool = False
 
 
 @dataclass

@@ -138,6 +138,26 @@ class DecoderLayer(nn.Module):
         return t.transpose(1, 2).reshape(B, C, h, w)
 
 
+class AnchorCheck(nn.Module):
+    """A learned check of past descriptors against the anchor's: for each past frame and descriptor, a logit offset
+    from that descriptor and the same row's first valid one along the memory (the given frame's: the anchor at
+    inference, frame 0 going forward in training, the turning frame coming back). A descriptor re-encoded from a
+    mask that took in what the object passed behind differs from its anchor, and the check can lower its whole map
+    so that the max over past frames falls to the others. The last layer starts at zero: a no-op at first."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4 * c, c), nn.ReLU(), nn.Linear(c, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, desc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """desc (B, T, Q, C), valid (B, T, Q) bool -> offsets (B, T, Q)."""
+        first = valid.to(torch.uint8).max(1).indices  # (B, Q): the first valid frame of each row
+        ref = desc.gather(1, first[:, None, :, None].expand(-1, 1, -1, desc.shape[-1])).expand_as(desc)
+        return self.net(torch.cat([desc, ref, desc * ref, (desc - ref).abs()], -1)).squeeze(-1)
+
+
 class HODOR(nn.Module):
     def __init__(self, cfg):
         """cfg: a ModelConfig (see vos.config) or any object with the same attributes."""
@@ -160,6 +180,7 @@ class HODOR(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.GroupNorm(groups_for(cm), cm), nn.ReLU())
         self.desc_proj = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, cm))
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
+        self.anchor_check = AnchorCheck(c) if cfg.decoder.anchor_check else None
         st = cfg.short_term
         self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk,
                                         stride=st.stride) if st.radius else None
@@ -256,7 +277,8 @@ class HODOR(nn.Module):
         """Logits (B, 1 + Qb + I, H/4, W/4) over the padded frame: [catch-all, background cells, objects].
 
         desc (B, T, Q, C): descriptors of T past frames; desc_valid (B, T, Q) bool: False for padded objects
-        and unused frame slots. A logit map is the max over the past frames of descriptor . pixel embedding.
+        and unused frame slots. A logit map is the max over the past frames of descriptor . pixel embedding (plus,
+        with decoder.anchor_check, each frame's learned offset against the first valid frame: AnchorCheck).
         """
         B, T, Q, C = desc.shape
         x = feats.f8
@@ -270,6 +292,8 @@ class HODOR(nn.Module):
         e = self.head(e + feats.f4)
         k = self.desc_proj(desc)  # (B, T, Q, Cm)
         logits = torch.einsum("btqc,bchw->btqhw", k, e) / math.sqrt(k.shape[-1])
+        if self.anchor_check is not None:
+            logits = logits + self.anchor_check(desc, desc_valid)[..., None, None].to(logits.dtype)
         logits = logits.masked_fill(~desc_valid[..., None, None], NEG).amax(1)
         return torch.cat([self.catch_all(e), logits], 1)
 
