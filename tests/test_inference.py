@@ -211,16 +211,19 @@ def test_locality_prior_keeps_look_alikes_apart(shared_data):
     assert (probs_to_ids(ids, probs)[spectators] == 1).mean() < 0.2  # object 1 is not on object 4
 
 
-@pytest.mark.parametrize("radius, given_topk", [(0, 0), (2, 0), (2, 4)])
-def test_training_and_inference_paths_agree(radius, given_topk):
+@pytest.mark.parametrize("radius, given_topk, check", [(0, 0, False), (2, 0, False), (2, 4, False), (0, 0, True)])
+def test_training_and_inference_paths_agree(radius, given_topk, check):
     """The same frames and mask through the training cycle graph and through the Tracker give the same
     descriptors and logits: one per-frame step, one resampling; with the short-term path, the node's last source
-    plays the previous frame, and its first source the given frame."""
+    plays the previous frame, and its first source the given frame; the anchor check compares with the same one."""
     from vos.train.cycles import GT, CycleGraph, split_features
 
-    cfg = load_config(ModelConfig, None, TINY + [f"short_term.radius={radius}", f"short_term.given_topk={given_topk}"])
+    cfg = load_config(ModelConfig, None, TINY + [f"short_term.radius={radius}", f"short_term.given_topk={given_topk}",
+                                                 f"decoder.anchor_check={check}"])
     torch.manual_seed(0)
     model = HODOR(cfg).eval()
+    if check:
+        torch.nn.init.normal_(model.anchor_check.net[-1].weight, std=0.5)
     if radius:
         torch.nn.init.normal_(model.short_term.fuse[-1].weight, std=0.5)  # not the no-op it starts as
     if given_topk:
