@@ -457,10 +457,10 @@ def test_learning_rate_schedule(tmp_path):
     for _ in range(3):
         t.train_step([batch])
     assert t.sched.get_last_lr()[0] == pytest.approx(1e-3 * 0.4)
-    # the short-term path has its own peak lr (optim.short_term_lr), on the same schedule
+    # the modules that start as no-ops (short-term path, anchor check) have their own peak lr, on the same schedule
     t = Trainer(cfg_for(tmp_path, "optim.steps=110", "optim.warmup=10", "optim.lr=1e-3", "model.short_term.radius=2",
-                        "optim.short_term_lr=1e-2"))
-    path = {id(p) for p in t.model.short_term.parameters()}
+                        "model.decoder.anchor_check=true", "optim.short_term_lr=1e-2"))
+    path = {id(p) for m in (t.model.short_term, t.model.anchor_check) for p in m.parameters()}
     assert [all(id(p) in path for p in g["params"]) for g in t.opt.param_groups] == [False, True]
     assert len(t.opt.param_groups[1]["params"]) == len(path)
     t.train_step([_batch(t.cfg)])

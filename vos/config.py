@@ -241,8 +241,9 @@ class OptimConfig:
     clip_grad: float = bounded(1.0, above=0)
     amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; bf16 on a CPU with native bf16, else off
     train: Trainable = Trainable.all  # which of HODOR.param_groups() the optimizer moves
-    # peak lr of the short-term path (0 = lr): it starts as a no-op (its last layer at zero) and, fine-tuned into a
-    # trained model at the model's lr, stays one (offsets <= 0.2 logits after 800 steps: RESULTS.md)
+    # peak lr of the modules that start as no-ops (their last layer at zero): the short-term path and the decoder's
+    # anchor check (0 = lr); fine-tuned into a trained model at the model's lr, the path stays a no-op (offsets
+    # <= 0.2 logits after 800 steps: RESULTS.md), and so did the check (offsets < 0.005 after 150 steps)
     short_term_lr: float = bounded(0.0, min=0)
     max_nonfinite: int = bounded(10, min=1)  # stop after this many non-finite losses in a row
 
