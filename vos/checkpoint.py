@@ -118,11 +118,11 @@ def init_from(model: HODOR, path: str | Path) -> None:
         state = parts[int(member)]
     elif member:
         raise CheckpointError(f"init_from {path}#{member}: {path} holds one model; drop '#{member}'")
-    theirs = state["config"].get("model", {}).get("decoder", {}).get("pixel_block")
-    block = r"decoder\.\d+\.block\." if theirs != model.cfg.decoder.pixel_block else NOTHING
-    theirs_st = state["config"].get("model", {}).get("short_term", {})
+    theirs = state["config"].get("model", {})
+    theirs_decoder, theirs_st = theirs.get("decoder", {}), theirs.get("short_term", {})
+    block = r"decoder\.\d+\.block\." if theirs_decoder.get("pixel_block") != model.cfg.decoder.pixel_block else NOTHING
     fresh = block
-    if not state["config"].get("model", {}).get("decoder", {}).get("anchor_check"):
+    if not theirs_decoder.get("anchor_check"):
         fresh += r"|anchor_check\."
     if not theirs_st.get("radius"):
         fresh += r"|short_term\."

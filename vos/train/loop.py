@@ -123,10 +123,11 @@ class Trainer:
             self.cycle = torch.nn.parallel.DistributedDataParallel(
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        path = {id(p) for m in (self.model.short_term, self.model.anchor_check) if m is not None
-                for p in m.parameters()}
-        groups = [{"params": [p for p in self.params if id(p) not in path]},
-                  {"params": [p for p in self.params if id(p) in path], "lr": cfg.optim.short_term_lr or cfg.optim.lr}]
+        # the modules that start as no-ops train at their own peak lr
+        fresh = {id(p) for m in (self.model.short_term, self.model.anchor_check) if m is not None
+                 for p in m.parameters()}
+        groups = [{"params": [p for p in self.params if id(p) not in fresh]},
+                  {"params": [p for p in self.params if id(p) in fresh], "lr": cfg.optim.short_term_lr or cfg.optim.lr}]
         # fused: one kernel for all parameters (on 2 CPU cores 4x faster than the per-parameter loop, ~4 % of an
         # adaptation step); same update
         self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr,
