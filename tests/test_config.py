@@ -21,6 +21,19 @@ def test_composition_and_overrides(tmp_path):
         load_config(TrainConfig, None, ["model=nonexistent"])
 
 
+
+def test_an_override_can_change_one_item_of_a_list():
+    base = "configs/train/short_term_composites_given_hideband.yaml"
+    before = load_config(TrainConfig, base)
+    cfg = load_config(TrainConfig, base, ["data.sources.0.pseudo_labels=outputs/teacher2", "data.sources.1.weight=0.5"])
+    assert cfg.data.sources[0].pseudo_labels == "outputs/teacher2" and cfg.data.sources[1].weight == 0.5
+    assert to_dict(cfg.data.sources)[2:] == to_dict(before.data.sources)[2:]  # the other items unchanged
+    assert cfg.data.sources[0].length == before.data.sources[0].length
+    for item, match in (("data.sources.9.weight=1", "has 7 items"), ("data.sources.0.wieght=1", "Did you mean 'weight'"),
+                        ("optim.0.lr=1", "'optim' is not a list")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(TrainConfig, base, [item])
+
 def test_type_errors_and_round_trip(tmp_path):
     with pytest.raises(ConfigError):
         load_config(InferConfig, None, ["window=many"])

@@ -392,24 +392,51 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     tree[parts[-1]] = value
 
 
+def _override_tree(cfg: DictConfig, key: str, value: Any) -> dict:
+    """The tree that one `key=value` override merges in. A numeric part indexes a list, e.g.
+    `data.sources.0.pseudo_labels=...`: the list is rebuilt with that item changed (a merge replaces lists)."""
+    parts = key.split(".")
+    at = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    tree: dict = {}
+    if at is None:
+        _set_dotted(tree, key, value)
+        return tree
+    list_key, n, rest = ".".join(parts[:at]), int(parts[at]), ".".join(parts[at + 1:])
+    current = OmegaConf.select(cfg, list_key) if list_key else None
+    if not OmegaConf.is_list(current):
+        raise ConfigError(f"override '{key}': '{list_key}' is not a list, so '{parts[at]}' cannot index it")
+    items = OmegaConf.to_container(current, enum_to_str=True)
+    if n >= len(items):
+        raise ConfigError(f"override '{key}': '{list_key}' has {len(items)} items, so the index must be below "
+                          f"{len(items)}")
+    if not rest:
+        items[n] = value
+    elif isinstance(items[n], dict):
+        _set_dotted(items[n], rest, value)
+    else:
+        raise ConfigError(f"override '{key}': item {n} of '{list_key}' is not a mapping with a key '{rest}'")
+    _set_dotted(tree, list_key, items)
+    return tree
+
+
+def _merge(cfg: DictConfig, layer: dict) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid config value: {e}".splitlines()[0]) from None
+
+
 def load_config(schema: type, path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Build a config: schema defaults <- YAML file <- `key=value` overrides (values parsed as YAML)."""
-    layers = []
+    cfg = OmegaConf.structured(schema)
     if path is not None:
-        layers.append(_resolve(_read_yaml(Path(path)), schema))
+        cfg = _merge(cfg, _resolve(_read_yaml(Path(path)), schema))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (for example optim.lr=3e-4)")
         key, raw = item.split("=", 1)
-        tree: dict = {}
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
-        layers.append(_resolve(tree, schema))
-    cfg = OmegaConf.structured(schema)
-    try:
-        for layer in layers:
-            cfg = OmegaConf.merge(cfg, layer)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"invalid config value: {e}".splitlines()[0]) from None
+        tree = _override_tree(cfg, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        cfg = _merge(cfg, _resolve(tree, schema))
     _check_ranges(cfg, schema)
     OmegaConf.set_struct(cfg, True)
     return cfg
