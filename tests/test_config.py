@@ -21,7 +21,6 @@ def test_composition_and_overrides(tmp_path):
         load_config(TrainConfig, None, ["model=nonexistent"])
 
 
-
 def test_an_override_can_change_one_item_of_a_list():
     base = "configs/train/short_term_composites_given_hideband.yaml"
     before = load_config(TrainConfig, base)
@@ -33,6 +32,7 @@ def test_an_override_can_change_one_item_of_a_list():
                         ("optim.0.lr=1", "'optim' is not a list")):
         with pytest.raises(ConfigError, match=match):
             load_config(TrainConfig, base, [item])
+
 
 def test_type_errors_and_round_trip(tmp_path):
     with pytest.raises(ConfigError):
