@@ -689,6 +689,46 @@ def test_an_object_is_hidden_on_the_middle_frames_and_back_on_the_last():
     assert hidden(dataclasses.replace(plain, hide=1.0)) >= 20 and hidden(plain) <= 2
 
 
+def test_an_object_passes_behind_a_strip_of_another_scene():
+    """Augment.behind: the object is whole on the first and last frames, wholly hidden on the middle ones by a strip
+    showing the cover image (labelled background); objects too wide for a strip are left alone; off, clips are
+    unchanged."""
+    from vos.data.augment import AUGMENT
+    from vos.data.clips import BEHIND_MAX_WIDTH, _pass_behind, make_sample
+
+    h, w = 64, 96
+    imgs = [np.full((h, w, 3), 200, np.uint8) for _ in range(5)]
+    cover = np.full((h, w, 3), 7, np.uint8)
+    masks = []
+    for t in range(5):  # a 12 x 16 object moving right by 3 px a frame
+        m = np.zeros((h, w), np.uint8)
+        m[24:40, 30 + 3 * t:42 + 3 * t] = 1
+        masks.append(m)
+    for seed in range(20):
+        out, got = _pass_behind(imgs, masks, 1, cover, np.random.default_rng(seed))
+        assert [int((g == 1).sum()) for g in got] == [192, 0, 0, 0, 192]  # whole at both ends, gone in between
+        for t in (1, 2, 3):
+            assert (out[t][masks[t] == 1] == 7).all() and (got[t][out[t][..., 0] == 7] == 0).all()
+        assert (out[0][masks[0] == 1] == 200).all() and (out[4][masks[4] == 1] == 200).all()
+    wide = [np.pad(np.ones((16, int(BEHIND_MAX_WIDTH * w) + 8), np.uint8), ((24, 24), (0, 0)))[:, :w]] * 5
+    out, got = _pass_behind(imgs, wide, 1, cover, np.random.default_rng(0))
+    assert all((g == m).all() for g, m in zip(got, wide)) and all((o == 200).all() for o in out)
+
+    assert AUGMENT["dense_band_behind"].behind > 0 and AUGMENT["dense_band"].behind == 0
+    unit, other = _one_colour_unit(0, (30, 50, 30, 50)), _one_colour_unit(2, (30, 70, 40, 90))
+    hidden = 0
+    for seed in range(20):
+        plain = make_sample(unit, "static", (64, 64), 1, 12, seed=seed, aug=AUGMENT["static"], clip_len=4)
+        again = make_sample(unit, "static", (64, 64), 1, 12, seed=seed, background=other, aug=AUGMENT["static"],
+                            clip_len=4)
+        assert torch.equal(plain["images"], again["images"])
+        s = make_sample(unit, "static", (64, 64), 1, 12, seed=seed, background=other,
+                        aug=dataclasses.replace(AUGMENT["static"], behind=1.0), clip_len=4)
+        m = s["masks"][:, 0] > 0
+        hidden += bool(m[0].sum() > 20 and m[3].sum() > 20 and not m[1:3].any())
+    assert hidden >= 10
+
+
 def test_smooth_pseudo_clips_move_along_one_path():
     """Smooth rows (static_smooth, merge_leave_smooth): an object's place moves steadily from frame 0's to the last
     frame's; without them every frame jumps on its own."""

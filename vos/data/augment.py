@@ -33,6 +33,10 @@ class Augment:
     # front of one of the clip's objects on every frame, drifting steadily, labelled background: the object passes
     # behind it and shows on both sides (see vos.data.clips._band)
     band: float = 0.0
+    # any regime, clips of 4+ frames with every mask known: chance that one of the clip's objects passes behind a
+    # wide strip of scene, wholly hidden on the middle frames, beside it on the first and last (see
+    # vos.data.clips._pass_behind): a large object gone for a while, whose id must stay off the rest and come back
+    behind: float = 0.0
     # pseudo-clips (static, composite, merge): the frames' homographies lie on one straight path from frame 0's to
     # the last frame's (linear interpolation), so things move smoothly over long clips instead of jumping per frame
     smooth: bool = False
@@ -53,6 +57,8 @@ AUGMENT = {
     "sparse": Augment(warp0=0.3, warp=0.3, colour=False),
     "sparse_band": Augment(warp0=0.3, warp=0.3, colour=False, band=0.5),
     "dense_band": Augment(warp0=0.3, warp=0.3, colour=False, band=0.5),
+    "dense_band_behind": Augment(warp0=0.3, warp=0.3, colour=False, band=0.5, behind=0.6),
+    "merge_hide_behind": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, hide=0.3, behind=0.6),
     "dense": Augment(warp0=0.3, warp=0.3, colour=False),
 }
 

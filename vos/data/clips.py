@@ -36,6 +36,7 @@ DISTRACTOR_P = 0.5  # merged clips: chance that another image's pasted objects a
 COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a look-alike distractor)
 HIDE_MAX_BOX = 0.2  # merged clips: objects hidden behind an occluder (Augment.hide) have a box of at most this share
 BAND_WIDTH = (0.04, 0.12)  # occluding bands (Augment.band): width, as a share of the frame's width
+BEHIND_MAX_WIDTH = 0.5  # Augment.behind: objects wider than this share of the frame do not pass behind a strip
 
 
 VOID = 255  # id of pixels whose label is unknown (DAVIS-2017's void): ignored by the loss
@@ -205,15 +206,56 @@ def _band(imgs, masks, obj_mask: np.ndarray, rng: np.random.Generator):
     drift = np.array([-along[1], along[0]]) * rng.uniform(-0.2, 0.2) * w  # across the band, over the whole clip
     shift = (int(rng.integers(h // 4, h - h // 4 + 1)), int(rng.integers(w // 4, w - w // 4 + 1)))
     gain = rng.uniform(0.5, 1.2)
+    across = _across(h, w, along)
+    regions = [np.abs(across - _across_of(centre + drift * (t / max(1, len(imgs) - 1) - 0.5), along)) <= half
+               for t in range(len(imgs))]
+    covers = [np.clip(np.roll(img, shift, (0, 1)).astype(np.float32) * gain, 0, 255).astype(np.uint8) for img in imgs]
+    return _cover(imgs, masks, regions, covers)
+
+
+def _across_of(point: np.ndarray, along: np.ndarray) -> float:
+    """The signed distance of a point (x, y) across strips running along `along` (x, y), from the origin's strip."""
+    return float(point[0] * along[1] - point[1] * along[0])
+
+
+def _across(h: int, w: int, along: np.ndarray) -> np.ndarray:
+    """`_across_of` for every pixel of an h x w frame."""
     ys, xs = np.mgrid[:h, :w]
+    return xs * along[1] - ys * along[0]
+
+
+def _cover(imgs, masks, regions, covers):
+    """Show each frame's cover image on its region, labelled background wherever a mask is known."""
     out_imgs, out_masks = [], []
-    for t, (img, mask) in enumerate(zip(imgs, masks)):
-        c = centre + drift * (t / max(1, len(imgs) - 1) - 0.5)
-        region = np.abs((xs - c[0]) * along[1] - (ys - c[1]) * along[0]) <= half
-        cover = np.clip(np.roll(img, shift, (0, 1)).astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    for img, mask, region, cover in zip(imgs, masks, regions, covers):
         out_imgs.append(paste(cover, region, img))
         out_masks.append(None if mask is None else np.where(region, 0, mask).astype(mask.dtype))
     return out_imgs, out_masks
+
+
+def _pass_behind(imgs, masks, obj: int, cover: np.ndarray, rng: np.random.Generator):
+    """The object passes behind a wide strip of another scene (`cover`: a wall, a pillar, a passer-by close to the
+    camera; Augment.behind): the strip stands beside it on frame 0, wholly hides it on the middle frames (it stays
+    put there, as wide as the object's extent across it on those frames plus a margin), and is past it, on the other
+    side, on the last frame. Objects wider than BEHIND_MAX_WIDTH of the frame across the strip are left alone (the
+    strip would be a cut to another scene). Needs the masks of every frame (where the object is decides where the
+    strip is). The cover comes from another image, not this one: pixels of this one could show the object itself
+    elsewhere, and a look-alike labelled background where the object merely moved would teach the wrong thing."""
+    h, w = masks[0].shape
+    angle = np.deg2rad(rng.uniform(-25, 25) + (90 if rng.random() < 0.25 else 0))
+    along = np.array([np.sin(angle), np.cos(angle)])
+    across = _across(h, w, along)
+    spans = [across[m == obj] for m in masks]
+    middle = np.concatenate(spans[1:-1])
+    if not len(middle) or not len(spans[0]) or not len(spans[-1]) or np.ptp(middle) > BEHIND_MAX_WIDTH * w:
+        return imgs, masks
+    half = (middle.max() - middle.min()) / 2 + rng.uniform(0.03, 0.2) * w + 2
+    side = 1 if rng.random() < 0.5 else -1  # the strip moves to +across (side 1) or to -across
+    gap = rng.uniform(0.02, 0.1) * w
+    first = spans[0].min() - half - gap if side > 0 else spans[0].max() + half + gap
+    last = spans[-1].max() + half + gap if side > 0 else spans[-1].min() - half - gap
+    centres = [first] + [(middle.max() + middle.min()) / 2] * (len(masks) - 2) + [last]
+    return _cover(imgs, masks, [np.abs(across - c) <= half for c in centres], [cover] * len(imgs))
 
 
 def _translate(imgs, masks, offsets: list[np.ndarray]):
@@ -238,6 +280,17 @@ def _shrink(imgs, masks, rng: np.random.Generator, scale=(0.35, 0.8)):
     return _affine(imgs, masks, np.array([[f, 0, cx * (1 - f)], [0, f, cy * (1 - f)]]))
 
 
+def _scene_of(unit: Annotated, size: tuple[int, int], rng: np.random.Generator, motion: float,
+              clip_len: int) -> list[np.ndarray]:
+    """clip_len views of a random crop of one of the unit's frames, the later ones warped by homographies of strength
+    `motion` (objects included: a backdrop, or a cover for Augment.behind)."""
+    full = unit.load_frame(int(rng.integers(unit.n_frames)))
+    box = crop_box(np.zeros(full.shape[:2], bool), size, rng)
+    flip = bool(rng.random() < 0.5)
+    return [warp(full, None, box, size, random_homography(rng, *size, motion * (k > 0)), flip)[0]
+            for k in range(clip_len)]
+
+
 def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects: int, max_gap: int,
                 seed: int, background: Annotated | None = None, aug: Augment | None = None,
                 clip_len: int = 3) -> dict[str, torch.Tensor]:
@@ -249,7 +302,9 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
     merge: a static clip with 1-2 objects of another annotated image (`background`, or the image itself) pasted
     over it from their own static clip: occlusion, several objects, look-alike distractors (see `_merge`).
     sparse/dense: the annotated frame and clip_len - 1 real frames within max_gap of it (masks only where allowed).
-    Any regime: with Augment.band, a band of scene may stand in front of one of the objects on every frame (`_band`).
+    Any regime: with Augment.band, a band of scene may stand in front of one of the objects on every frame (`_band`);
+    with Augment.behind (clips of 4+ frames, every mask known), one of the objects may pass behind a wide strip of
+    scene for the middle frames (`_pass_behind`).
     Objects on frame 0 beyond max_objects stay unlabelled (background): more distractors. Pixels of id VOID
     (255) in a mask are "unknown": they come back as `void` (3, H, W) and the loss ignores them.
     """
@@ -259,11 +314,7 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
     if regime in ("composite", "merge") and background is None:
         raise VosError(f"the {regime} regime needs a second unit (a source with at least 2 samples)")
     if regime == "composite":
-        bg_full = background.load_frame(int(rng.integers(background.n_frames)))
-        bg_box = crop_box(np.zeros(bg_full.shape[:2], bool), size, rng)
-        bg_flip = bool(rng.random() < 0.5)
-        bg = [warp(bg_full, None, bg_box, size, random_homography(rng, *size, aug.background_warp * (k > 0)),
-                   bg_flip)[0] for k in range(clip_len)]
+        bg = _scene_of(background, size, rng, aug.background_warp, clip_len)
     imgs, masks, objs = _frames_of(unit, regime, size, max_gap, rng, aug, clip_len)
     if bg is not None:
         keep = [np.isin(m, objs) for m in masks]
@@ -271,6 +322,11 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
         masks = [np.where(k, m, 0).astype(np.uint8) for m, k in zip(masks, keep)]
     if aug.band and objs and rng.random() < aug.band:  # draws only with bands on: other rows keep their samples
         imgs, masks = _band(imgs, masks, masks[0] == objs[int(rng.integers(len(objs)))], rng)
+        visible = _big_objects(masks[0])
+        objs = [o for o in objs if o in visible]
+    if aug.behind and objs and clip_len >= 4 and all(m is not None for m in masks) and rng.random() < aug.behind:
+        cover = _scene_of(background if background is not None else unit, size, rng, 0.0, 1)[0]
+        imgs, masks = _pass_behind(imgs, masks, objs[int(rng.integers(len(objs)))], cover, rng)
         visible = _big_objects(masks[0])
         objs = [o for o in objs if o in visible]
     if regime == "merge":
@@ -322,7 +378,7 @@ class ClipDataset(torch.utils.data.Dataset):
         src, idx, seed = key
         s, units = self.sources[src], self.units[src]
         background = None
-        if s.regime in ("composite", "merge") and len(units) > 1:
+        if (s.regime in ("composite", "merge") or self.augs[src].behind) and len(units) > 1:
             background = units[(idx + 1 + seed % (len(units) - 1)) % len(units)]  # any other sample
         return make_sample(units[idx], s.regime, self.size, self.max_objects, s.max_gap, seed, background,
                            self.augs[src], self.clip_len)
