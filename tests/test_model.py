@@ -353,3 +353,45 @@ def test_anchor_check_starts_as_a_no_op_and_lowers_the_frames_unlike_their_first
     manual = check.net(torch.cat([desc, ref, desc * ref, (desc - ref).abs()], -1)).squeeze(-1)
     torch.testing.assert_close(off[..., :-1], manual[..., :-1])
     assert (checked.decode(f, desc, valid) - plain.decode(f, desc, valid)).abs().max() > 1e-3
+
+
+def test_presence_starts_as_a_no_op_and_a_low_score_empties_the_object():
+    """decoder.presence: at initialisation the step decodes as without it (scores high, log-sigmoid ~0); a low score
+    empties that object's whole map and leaves the others be; the presence loss on an absent object lowers its
+    score; the given frame (no memory) has no score."""
+    from vos.train.cycles import presence_loss
+
+    torch.manual_seed(0)
+    plain, gated = HODOR(tiny_cfg()).eval(), HODOR(tiny_cfg(**{"decoder.presence": True})).eval()
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    img0, img1 = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    masks = torch.zeros(1, 2, 64, 96)
+    masks[0, 0, 10:30, 10:40], masks[0, 1, 30:60, 50:90] = 1, 1
+    outs = {}
+    for name, m in (("plain", plain), ("gated", gated)):
+        f0, f1 = m.features(img0), m.features(img1)
+        first = m.step(f0, given=m.masks_to_s4(masks, f0))
+        assert first.presence is None
+        mem = first.desc[:, None]
+        outs[name] = m.step(f1, mem, torch.ones(mem.shape[:3], dtype=torch.bool))
+    torch.testing.assert_close(outs["gated"].probs, outs["plain"].probs, atol=5e-3, rtol=0)
+    assert outs["gated"].presence.shape == (1, 2) and (outs["gated"].presence > 5).all()
+
+    with torch.no_grad():
+        f0, f1 = gated.features(img0), gated.features(img1)
+        mem = gated.step(f0, given=gated.masks_to_s4(masks, f0)).desc[:, None]
+    orig = gated.presence.forward
+    gated.presence.forward = lambda *a: orig(*a) - torch.tensor([[0.0, 30.0]])  # object 1 scored absent
+    out = gated.step(f1, mem, torch.ones(mem.shape[:3], dtype=torch.bool))
+    gated.presence.forward = orig
+    assert out.probs[0, 2].max() < 1e-3 and out.probs[0, 1].max() > 0.1  # object 1 gone, object 0 kept
+
+    opt = torch.optim.SGD(gated.presence.parameters(), lr=0.5)
+    score = gated.step(f1, mem, torch.ones(mem.shape[:3], dtype=torch.bool)).presence.detach()
+    for _ in range(3):
+        opt.zero_grad()
+        out = gated.step(f1, mem, torch.ones(mem.shape[:3], dtype=torch.bool))
+        presence_loss(out.presence, torch.tensor([[True, False]]), torch.ones(1, 2, dtype=torch.bool)).backward()
+        opt.step()
+    after = gated.step(f1, mem, torch.ones(mem.shape[:3], dtype=torch.bool)).presence.detach()
+    assert after[0, 1] < score[0, 1] - 0.5  # the absent object's score falls

@@ -124,6 +124,8 @@ def init_from(model: HODOR, path: str | Path) -> None:
     fresh = block
     if not theirs_decoder.get("anchor_check"):
         fresh += r"|anchor_check\."
+    if not theirs_decoder.get("presence"):
+        fresh += r"|presence\."
     if not theirs_st.get("radius"):
         fresh += r"|short_term\."
     elif not theirs_st.get("given_topk"):

@@ -106,6 +106,10 @@ class DecoderConfig:
     # A learned check of each past frame's descriptors against the same object's first valid (given) ones: a logit
     # offset per past frame and descriptor (vos.model.hodor.AnchorCheck; starts as a no-op). Off: today's decoder.
     anchor_check: bool = False
+    # A learned presence score per object and frame (vos.model.hodor.Presence, SAM 2's object score): is the object
+    # in this frame at all? Its log-sigmoid is added to the object's logits (a whole-map gate, learned with a binary
+    # loss where masks are known; starts as a no-op). Off: today's decoder.
+    presence: bool = False
 
 
 @dataclass

@@ -164,7 +164,7 @@ class Tracker:
                        for m, f, mem, last, given_frame in zip(
                            models, feats, self.memories, self.lasts,
                            (LastFrame.concat(g + list(p), n) for g, p in zip(self.given_frames, self.pixel_memory)))]
-            probs = torch.stack([p for _, p in decoded]).mean(0) if len(models) > 1 else decoded[0][1]
+            probs = torch.stack([p for _, p, _ in decoded]).mean(0) if len(models) > 1 else decoded[0][1]
             probs = self.locality(probs, ids)
             committed = [m.commit(f, probs, given, given_valid) for m, f in zip(models, feats)]
         for mem, (_, desc) in zip(self.memories, committed):
@@ -180,7 +180,8 @@ class Tracker:
                 if last is not None:
                     kept.append(last)
         self.locality.update(probs, ids)
-        self.last = StepOutput(decoded[0][0] if len(models) == 1 else None, probs, committed[0][1])
+        self.last = StepOutput(decoded[0][0] if len(models) == 1 else None, probs, committed[0][1],
+                               presence=decoded[0][2] if len(models) == 1 else None)
         self.frame_index += 1
         probs = models[0].upsample(probs, feats[0], out_size)
         if full is not None and tuple(full.shape[-2:]) == out_size:  # the given masks, exactly, at their own size

@@ -46,6 +46,7 @@ class StepOutput:
     probs: torch.Tensor  # (B, 1 + I, h4, w4) float32: background, then objects (given masks forced in)
     desc: torch.Tensor | None  # (B, Qb + I, C); None if step(encode=False)
     last: LastFrame | None = None  # this frame for the next one's short-term path (None without the path)
+    presence: torch.Tensor | None = None  # (B, I) presence logits (decoder.presence; None: off, or no memory)
 
 
 @dataclass
@@ -158,6 +159,28 @@ class AnchorCheck(nn.Module):
         return self.net(torch.cat([desc, ref, desc * ref, (desc - ref).abs()], -1)).squeeze(-1)
 
 
+class Presence(nn.Module):
+    """Is each object in this frame at all? A logit per object from what its logit map points at (the mask embedding
+    pooled under the map's spatial softmax, and the map's peak) against its anchor key (the object's first valid
+    descriptor in the memory, projected like the decoder's keys): SAM 2's object score. The model adds its
+    log-sigmoid to the object's logits, so a low score empties the object's whole map and a high one leaves it be. The
+    bias starts high and the last weights at zero: a no-op at first (log-sigmoid(6) = -0.0025)."""
+
+    def __init__(self, cm: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4 * cm + 1, cm), nn.ReLU(), nn.Linear(cm, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.constant_(self.net[-1].bias, 6.0)
+
+    def forward(self, logits: torch.Tensor, emb: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        """logits (B, I, h, w) the objects' maps; emb (B, Cm, h, w); anchor (B, I, Cm) -> presence logits (B, I)."""
+        flat = logits.flatten(2).float()
+        pooled = torch.einsum("bip,bcp->bic", flat.softmax(-1), emb.flatten(2).float())
+        a = anchor.float()
+        x = torch.cat([pooled, a, pooled * a, (pooled - a).abs(), flat.amax(-1, keepdim=True) / 10], -1)
+        return self.net(x).squeeze(-1)
+
+
 class HODOR(nn.Module):
     def __init__(self, cfg):
         """cfg: a ModelConfig (see vos.config) or any object with the same attributes."""
@@ -181,6 +204,7 @@ class HODOR(nn.Module):
         self.desc_proj = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, cm))
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
         self.anchor_check = AnchorCheck(c) if cfg.decoder.anchor_check else None
+        self.presence = Presence(cm) if cfg.decoder.presence else None
         st = cfg.short_term
         self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk,
                                         stride=st.stride) if st.radius else None
@@ -280,6 +304,12 @@ class HODOR(nn.Module):
         and unused frame slots. A logit map is the max over the past frames of descriptor . pixel embedding (plus,
         with decoder.anchor_check, each frame's learned offset against the first valid frame: AnchorCheck).
         """
+        return self._decode(feats, desc, desc_valid)[0]
+
+    def _decode(self, feats: Features, desc: torch.Tensor,
+                desc_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`decode`, plus the mask embedding (B, Cm, H/4, W/4) and each row's anchor key (B, Q, Cm): the key of its
+        first valid past frame."""
         B, T, Q, C = desc.shape
         x = feats.f8
         h, w = x.shape[-2:]
@@ -295,12 +325,15 @@ class HODOR(nn.Module):
         if self.anchor_check is not None:
             logits = logits + self.anchor_check(desc, desc_valid)[..., None, None].to(logits.dtype)
         logits = logits.masked_fill(~desc_valid[..., None, None], NEG).amax(1)
-        return torch.cat([self.catch_all(e), logits], 1)
+        first = desc_valid.to(torch.uint8).max(1).indices  # (B, Q)
+        anchor = k.gather(1, first[:, None, :, None].expand(-1, 1, -1, k.shape[-1]))[:, 0]
+        return torch.cat([self.catch_all(e), logits], 1), e, anchor
 
     def predict(self, feats: Features, memory: torch.Tensor | None, memory_valid: torch.Tensor | None,
                 num_objects: int, last: LastFrame | None = None,
-                given_frame: LastFrame | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The first half of `step`: (logits, probabilities (B, 1 + I, H/4, W/4)) decoded from past descriptors.
+                given_frame: LastFrame | None = None) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """The first half of `step`: (logits, probabilities (B, 1 + I, H/4, W/4), presence logits (B, I) or None)
+        decoded from past descriptors.
 
         memory (B, T, Q, C), memory_valid (B, T, Q): descriptors of past frames. None: nothing to decode from (e.g.
         the first annotated frame): logits None and every pixel background. last: the previous frame's
@@ -310,14 +343,18 @@ class HODOR(nn.Module):
         if memory is None:
             probs = torch.zeros(feats.f8.shape[0], 1 + num_objects, *feats.f4.shape[-2:], device=feats.f8.device)
             probs[:, 0] = 1
-            return None, probs
-        logits = self.decode(feats, memory, memory_valid)
+            return None, probs, None
+        logits, emb, anchor = self._decode(feats, memory, memory_valid)
+        k = 1 + self.num_bg
         if self.short_term is not None and last is not None:
             off = self.short_term(feats.key, last, num_objects, given_frame)
             off = F.interpolate(off, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-            k = 1 + self.num_bg
             logits = torch.cat([logits[:, :k], logits[:, k:] + off.to(logits.dtype)], 1)
-        return logits, logits_to_probs(logits, self.num_bg)
+        presence = None
+        if self.presence is not None:
+            presence = self.presence(logits[:, k:], emb, anchor[:, self.num_bg:])
+            logits = torch.cat([logits[:, :k], logits[:, k:] + F.logsigmoid(presence)[..., None, None].to(logits.dtype)], 1)
+        return logits, logits_to_probs(logits, self.num_bg), presence
 
     def remember(self, feats: Features, probs: torch.Tensor) -> LastFrame | None:
         """What this frame leaves for the next one's short-term path: its keys and final probabilities (B, 1 + I,
@@ -356,9 +393,9 @@ class HODOR(nn.Module):
         given_frame: the `StepOutput.last` of the frame whose masks were given (read by the path with given_topk).
         """
         num_objects = given.shape[1] if given is not None else memory.shape[2] - self.num_bg
-        logits, probs = self.predict(feats, memory, memory_valid, num_objects, last, given_frame)
+        logits, probs, presence = self.predict(feats, memory, memory_valid, num_objects, last, given_frame)
         probs, desc = self.commit(feats, probs, given, given_valid, valid, detach_probs, encode)
-        return StepOutput(logits, probs, desc, self.remember(feats, probs))
+        return StepOutput(logits, probs, desc, self.remember(feats, probs), presence)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Three disjoint groups, from the most generic to the most task-specific: "early": the backbone's stages up

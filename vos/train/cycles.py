@@ -29,6 +29,7 @@ from vos.model import Features, StepOutput, merged_logits, probs_to_labels
 
 GT = "0"
 WINDOW = 7  # recent frames a chain node reads, as InferConfig.window
+PRESENCE_WEIGHT = 0.5  # decoder.presence: weight of the presence loss beside each path's mask loss
 
 
 def node_frames(node) -> set[int]:
@@ -87,6 +88,13 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     denom = probs.flatten(2).sum(-1) + target.flatten(2).sum(-1)
     d = 1 - (2 * inter + 1) / (denom + 1)
     return (d * valid).sum() / valid.sum().clamp(min=1)
+
+
+def presence_loss(presence: torch.Tensor, present: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of presence logits (B, K) against whether each object is in the frame (B, K) bool, over
+    the valid (B, K) slots."""
+    bce = F.binary_cross_entropy_with_logits(presence.float(), present.float(), reduction="none")
+    return (bce * valid).sum() / valid.sum().clamp(min=1)
 
 
 @torch.no_grad()
@@ -206,6 +214,10 @@ class CycleModel(nn.Module):
                 void = void | batch["void"][:, target]
             sup_valid = valid & sup[:, None]
             losses[name_of(path)] = mask_loss(lg, tgt, sup_valid, m.num_bg, void)
+            presence = graph.output(path).presence
+            if presence is not None:
+                losses[name_of(path)] = losses[name_of(path)] + PRESENCE_WEIGHT * presence_loss(
+                    presence, tgt.flatten(2).amax(-1) > 0, sup_valid)
             outputs[name_of(path)] = lg.detach()
             scores += torch.stack(per_object_scores(lg, tgt, sup_valid, m.num_bg))
         total = sum(losses.values()) / len(losses)
