@@ -353,7 +353,8 @@ class HODOR(nn.Module):
         presence = None
         if self.presence is not None:
             presence = self.presence(logits[:, k:], emb, anchor[:, self.num_bg:])
-            logits = torch.cat([logits[:, :k], logits[:, k:] + F.logsigmoid(presence)[..., None, None].to(logits.dtype)], 1)
+            gate = F.logsigmoid(presence)[..., None, None].to(logits.dtype)
+            logits = torch.cat([logits[:, :k], logits[:, k:] + gate], 1)
         return logits, logits_to_probs(logits, self.num_bg), presence
 
     def remember(self, feats: Features, probs: torch.Tensor) -> LastFrame | None:
