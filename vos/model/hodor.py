@@ -139,6 +139,12 @@ class DecoderLayer(nn.Module):
         return t.transpose(1, 2).reshape(B, C, h, w)
 
 
+def first_valid(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """x (B, T, Q, C), valid (B, T, Q) bool -> (B, Q, C): each row's entry at its first valid frame (the anchor)."""
+    first = valid.to(torch.uint8).max(1).indices  # (B, Q)
+    return x.gather(1, first[:, None, :, None].expand(-1, 1, -1, x.shape[-1]))[:, 0]
+
+
 class AnchorCheck(nn.Module):
     """A learned check of past descriptors against the anchor's: for each past frame and descriptor, a logit offset
     from that descriptor and the same row's first valid one along the memory (the given frame's: the anchor at
@@ -154,8 +160,7 @@ class AnchorCheck(nn.Module):
 
     def forward(self, desc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """desc (B, T, Q, C), valid (B, T, Q) bool -> offsets (B, T, Q)."""
-        first = valid.to(torch.uint8).max(1).indices  # (B, Q): the first valid frame of each row
-        ref = desc.gather(1, first[:, None, :, None].expand(-1, 1, -1, desc.shape[-1])).expand_as(desc)
+        ref = first_valid(desc, valid)[:, None].expand_as(desc)
         return self.net(torch.cat([desc, ref, desc * ref, (desc - ref).abs()], -1)).squeeze(-1)
 
 
@@ -308,8 +313,7 @@ class HODOR(nn.Module):
 
     def _decode(self, feats: Features, desc: torch.Tensor,
                 desc_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`decode`, plus the mask embedding (B, Cm, H/4, W/4) and each row's anchor key (B, Q, Cm): the key of its
-        first valid past frame."""
+        """`decode`, plus the mask embedding (B, Cm, H/4, W/4) and the descriptors' keys (B, T, Q, Cm)."""
         B, T, Q, C = desc.shape
         x = feats.f8
         h, w = x.shape[-2:]
@@ -325,9 +329,7 @@ class HODOR(nn.Module):
         if self.anchor_check is not None:
             logits = logits + self.anchor_check(desc, desc_valid)[..., None, None].to(logits.dtype)
         logits = logits.masked_fill(~desc_valid[..., None, None], NEG).amax(1)
-        first = desc_valid.to(torch.uint8).max(1).indices  # (B, Q)
-        anchor = k.gather(1, first[:, None, :, None].expand(-1, 1, -1, k.shape[-1]))[:, 0]
-        return torch.cat([self.catch_all(e), logits], 1), e, anchor
+        return torch.cat([self.catch_all(e), logits], 1), e, k
 
     def predict(self, feats: Features, memory: torch.Tensor | None, memory_valid: torch.Tensor | None,
                 num_objects: int, last: LastFrame | None = None,
@@ -344,7 +346,7 @@ class HODOR(nn.Module):
             probs = torch.zeros(feats.f8.shape[0], 1 + num_objects, *feats.f4.shape[-2:], device=feats.f8.device)
             probs[:, 0] = 1
             return None, probs, None
-        logits, emb, anchor = self._decode(feats, memory, memory_valid)
+        logits, emb, keys = self._decode(feats, memory, memory_valid)
         k = 1 + self.num_bg
         if self.short_term is not None and last is not None:
             off = self.short_term(feats.key, last, num_objects, given_frame)
@@ -352,7 +354,8 @@ class HODOR(nn.Module):
             logits = torch.cat([logits[:, :k], logits[:, k:] + off.to(logits.dtype)], 1)
         presence = None
         if self.presence is not None:
-            presence = self.presence(logits[:, k:], emb, anchor[:, self.num_bg:])
+            anchor = first_valid(keys[:, :, self.num_bg:], memory_valid[:, :, self.num_bg:])
+            presence = self.presence(logits[:, k:], emb, anchor)
             gate = F.logsigmoid(presence)[..., None, None].to(logits.dtype)
             logits = torch.cat([logits[:, :k], logits[:, k:] + gate], 1)
         return logits, logits_to_probs(logits, self.num_bg), presence

@@ -213,11 +213,11 @@ class CycleModel(nn.Module):
             if "void" in batch:
                 void = void | batch["void"][:, target]
             sup_valid = valid & sup[:, None]
-            losses[name_of(path)] = mask_loss(lg, tgt, sup_valid, m.num_bg, void)
+            loss = mask_loss(lg, tgt, sup_valid, m.num_bg, void)
             presence = graph.output(path).presence
             if presence is not None:
-                losses[name_of(path)] = losses[name_of(path)] + PRESENCE_WEIGHT * presence_loss(
-                    presence, tgt.flatten(2).amax(-1) > 0, sup_valid)
+                loss = loss + PRESENCE_WEIGHT * presence_loss(presence, tgt.flatten(2).amax(-1) > 0, sup_valid)
+            losses[name_of(path)] = loss
             outputs[name_of(path)] = lg.detach()
             scores += torch.stack(per_object_scores(lg, tgt, sup_valid, m.num_bg))
         total = sum(losses.values()) / len(losses)
