@@ -126,6 +126,8 @@ def init_from(model: HODOR, path: str | Path) -> None:
         fresh += r"|anchor_check\."
     if not theirs_decoder.get("presence"):
         fresh += r"|presence\."
+    if not theirs_decoder.get("self_read"):
+        fresh += r"|self_read\."
     if not theirs_st.get("radius"):
         fresh += r"|short_term\."
     elif not theirs_st.get("given_topk"):
