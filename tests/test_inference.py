@@ -211,15 +211,16 @@ def test_locality_prior_keeps_look_alikes_apart(shared_data):
     assert (probs_to_ids(ids, probs)[spectators] == 1).mean() < 0.2  # object 1 is not on object 4
 
 
-@pytest.mark.parametrize("radius, given_topk, check", [(0, 0, False), (2, 0, False), (2, 4, False), (0, 0, True)])
-def test_training_and_inference_paths_agree(radius, given_topk, check):
+@pytest.mark.parametrize("radius, given_topk, check, distance",
+                         [(0, 0, False, False), (2, 0, False, False), (2, 4, False, True), (0, 0, True, False)])
+def test_training_and_inference_paths_agree(radius, given_topk, check, distance):
     """The same frames and mask through the training cycle graph and through the Tracker give the same
     descriptors and logits: one per-frame step, one resampling; with the short-term path, the node's last source
     plays the previous frame, and its first source the given frame; the anchor check compares with the same one."""
     from vos.train.cycles import GT, CycleGraph, split_features
 
     cfg = load_config(ModelConfig, None, TINY + [f"short_term.radius={radius}", f"short_term.given_topk={given_topk}",
-                                                 f"decoder.anchor_check={check}"])
+                                                 f"decoder.anchor_check={check}", f"short_term.distance={distance}"])
     torch.manual_seed(0)
     model = HODOR(cfg).eval()
     if check:
@@ -228,6 +229,8 @@ def test_training_and_inference_paths_agree(radius, given_topk, check):
         torch.nn.init.normal_(model.short_term.fuse[-1].weight, std=0.5)  # not the no-op it starts as
     if given_topk:
         torch.nn.init.normal_(model.short_term.given_in.weight, std=0.5)
+    if distance:
+        torch.nn.init.normal_(model.short_term.distance_in.weight, std=0.5)
     torch.manual_seed(1)
     images = torch.rand(1, 3, 3, 64, 96)
     mask = torch.zeros(1, 3, 1, 64, 96)

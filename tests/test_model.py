@@ -432,3 +432,50 @@ def test_self_read_starts_as_a_no_op_and_pulls_the_logits_toward_the_frames_own_
     out = read.step(f1, mem, valid)
     F.cross_entropy(out.logits[:, 1:], torch.zeros(1, *out.logits.shape[-2:], dtype=torch.long)).backward()
     assert read.self_read.weight.grad.abs().min() > 0
+
+
+def test_distance_to_the_last_masks_is_exact_and_starts_as_a_no_op():
+    """short_term.distance: each pixel's L1 distance to the nearest pixel the object held (> 0.5) a frame ago, over
+    the map's longer side, capped at 1 (1 for an object that held none), equals the brute-force one; a path with
+    the input loaded from one without it gives the same logits; once its layer moves, a pixel's offset depends on
+    how far it is from the object, which the path without it could not see beyond its window."""
+    from vos.model.short_term import distance_to
+
+    torch.manual_seed(0)
+    masks = (torch.rand(2, 3, 7, 11) > 0.9).float() * 0.9
+    masks[1, 2] = 0.4  # held nowhere (below 0.5)
+    d = distance_to(masks)
+    ys, xs = torch.meshgrid(torch.arange(7), torch.arange(11), indexing="ij")
+    for b in range(2):
+        for i in range(3):
+            held = (masks[b, i] > 0.5).nonzero()
+            if len(held) == 0:
+                want = torch.ones(7, 11)
+            else:
+                want = ((ys[..., None] - held[:, 0]).abs() + (xs[..., None] - held[:, 1]).abs()).amin(-1) / 11
+            torch.testing.assert_close(d[b, i], want.clamp(max=1).float())
+
+    cfg = {"short_term.radius": 1, "short_term.given_topk": 4}
+    plain, dist = HODOR(tiny_cfg(**cfg)), HODOR(tiny_cfg(**cfg, **{"short_term.distance": True}))
+    torch.nn.init.normal_(plain.short_term.fuse[-1].weight, std=0.5)
+    dist.load_state_dict(plain.state_dict(), strict=False)
+    images = torch.rand(2, 3, 64, 320)
+    m = torch.zeros(1, 1, 64, 320)
+    m[0, 0, 16:48, 16:48] = 1
+    outs = {}
+    for name, model in (("plain", plain), ("dist", dist)):
+        f0, f1 = model.features(images[:1]), model.features(images[1:])
+        first = model.step(f0, given=model.masks_to_s4(m, f0))
+        outs[name] = model.step(f1, first.desc[:, None], torch.ones(1, 1, model.num_bg + 1, dtype=torch.bool),
+                                last=first.last, given_frame=first.last)
+    torch.testing.assert_close(outs["dist"].logits, outs["plain"].logits)
+
+    torch.nn.init.normal_(dist.short_term.distance_in.weight, std=0.5)
+    keys = torch.zeros(1, dist.cfg.short_term.key_channels, 4, 20)  # every pixel looks the same to the path
+    last = type(first.last)(keys, torch.zeros(1, 2, 4, 20))
+    last.masks[0, 1, :, :3] = 1  # the object held the three left columns
+    last.masks[0, 0] = 1 - last.masks[0, 1]
+    with_d = dist.short_term(keys, last, 1)[0, 0]
+    without = plain.short_term(keys, last, 1)[0, 0]
+    assert (without[:, 9] - without[:, 15]).abs().max() < 1e-6  # beyond its reach, near and far are alike
+    assert (with_d[:, 9] - with_d[:, 15]).abs().max() > 1e-3  # with the distance, they are not

@@ -125,6 +125,9 @@ class ShortTermConfig:
     stride: int = bounded(16, choices=(8, 16))  # the path's pixels: 16 or 8 (keys and masks 2x finer, ~4x the pixels)
     key_channels: int = bounded(32, min=4)
     given_topk: int = bounded(0, min=0)  # > 0: also read the given frame's masks, top-k over all its pixels; 0: off
+    # each pixel's distance to where the object was a frame ago, an input of the fusion (the locality rule, learned;
+    # starts as a no-op)
+    distance: bool = False
 
 
 @dataclass

@@ -239,7 +239,7 @@ class HODOR(nn.Module):
         self.self_read = SelfRead() if cfg.decoder.self_read else None
         st = cfg.short_term
         self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk,
-                                        stride=st.stride) if st.radius else None
+                                        stride=st.stride, distance=st.distance) if st.radius else None
 
     def train(self, mode: bool = True) -> "HODOR":
         """Backbone BatchNorm statistics stay frozen: training batches of a few clips are too small for them."""

@@ -27,6 +27,13 @@ by side (`LastFrame.concat`); in a training cycle, the first source of a node (t
 the turning frame coming back, so the cycle's end never reads the ground truth). Two more inputs of the fusion,
 [given read, the other objects' given read], through their own first layer, zero at initialisation: a model trained
 without them starts unchanged.
+
+With `distance`, one more input: each pixel's distance to the nearest pixel the object held a frame ago (L1, in
+the path's pixels, over the map's longer side, at most 1; 1 where it held none). The window and the fusion's
+receptive field see ~5 pixels each way, so beyond that a far pixel looks the same to the path whether it is next to
+the object or across the frame; a look-alike far away then takes the object's id on appearance alone. This is what
+the hand-set locality rule (vos.inference.locality) gave at inference, made an input the path learns to weigh in
+training and inference alike. Its own first layer, zero at initialisation.
 The same step runs in training (the previous node of a cycle) and inference (the previous frame): vos.model.hodor.
 """
 
@@ -123,7 +130,7 @@ def _outside(h: int, w: int, radius: int, tile: int, device: torch.device) -> to
 
 class ShortTermPath(nn.Module):
     def __init__(self, channels: int, key_channels: int, radius: int, hidden: int = 16, given_topk: int = 0,
-                 stride: int = 16):
+                 stride: int = 16, distance: bool = False):
         super().__init__()
         self.radius, self.given_topk, self.stride = radius, given_topk, stride
         self.key = nn.Conv2d(channels, key_channels, 1)
@@ -135,6 +142,10 @@ class ShortTermPath(nn.Module):
         if given_topk:
             self.given_in = nn.Conv2d(2, hidden, 3, padding=1, bias=False)
             nn.init.zeros_(self.given_in.weight)
+        if distance:
+            self.distance_in = nn.Conv2d(1, hidden, 3, padding=1, bias=False)
+            nn.init.zeros_(self.distance_in.weight)
+        self.distance = distance
 
     def keys(self, f8: torch.Tensor) -> torch.Tensor:
         """(B, C, H/8, W/8) attention features -> (B, Ck, H/stride, W/stride) keys."""
@@ -166,7 +177,25 @@ class ShortTermPath(nn.Module):
             if pool > 1:
                 read = F.interpolate(read, size=(h, w), mode="bilinear", align_corners=False)
             hidden = hidden + self.given_in(torch.stack([read, read.sum(1, keepdim=True) - read], 2).flatten(0, 1))
+        if self.distance:
+            hidden = hidden + self.distance_in(distance_to(prev).flatten(0, 1)[:, None])
         return self.fuse[1:](hidden).view(B, I, h, w)
+
+
+def distance_to(masks: torch.Tensor) -> torch.Tensor:
+    """(B, I, h, w) soft masks -> (B, I, h, w): each pixel's L1 distance to the nearest pixel above 0.5, over the
+    longer side, at most 1 (1 everywhere for an empty mask). Exact, as two 1-D min-plus passes (rows, then columns):
+    O(h w (h + w)) per mask, no host sync."""
+    h, w = masks.shape[-2:]
+    far = float(h + w)
+    held = masks.detach().float() > 0.5
+    xs = torch.arange(w, device=masks.device, dtype=torch.float32)
+    ys = torch.arange(h, device=masks.device, dtype=torch.float32)
+    # along each row: distance to the nearest held pixel of that row
+    row = ((xs[:, None] - xs[None, :]).abs() + far * (~held)[..., None, :]).amin(-1)  # (B, I, h, w)
+    # then across rows: min over rows y' of |y - y'| + row[y']
+    d = ((ys[:, None, None] - ys[None, :, None]).abs() + row[..., None, :, :]).amin(-2)  # (B, I, h, w)
+    return (d / max(h, w)).clamp(max=1.0).to(masks.dtype)
 
 
 def _objects(frame: LastFrame, num_objects: int, dtype: torch.dtype) -> torch.Tensor:
