@@ -398,6 +398,18 @@ def test_presence_starts_as_a_no_op_and_a_low_score_empties_the_object():
     after = gated.step(f1, mem, torch.ones(mem.shape[:3], dtype=torch.bool)).presence.detach()
     assert after[0, 1] < score[0, 1] - 0.5  # the absent object's score falls
 
+    # balanced (cycles.presence_balanced): the present and the absent slots' means count alike; padding never
+    logits = torch.tensor([[2.0, -1.0, 0.5], [1.0, 3.0, -2.0]])
+    present = torch.tensor([[True, True, False], [True, True, True]])
+    valid = torch.tensor([[True, True, True], [True, False, True]])
+    bce = F.binary_cross_entropy_with_logits(logits, present.float(), reduction="none")
+    want = 0.5 * (bce[0, 0] + bce[0, 1] + bce[1, 0] + bce[1, 2]) / 4 + 0.5 * bce[0, 2]
+    torch.testing.assert_close(presence_loss(logits, present, valid, balanced=True), want)
+    torch.testing.assert_close(presence_loss(logits, present, valid), bce[valid].mean())
+    everywhere = torch.ones_like(present)
+    torch.testing.assert_close(presence_loss(logits, everywhere, valid, balanced=True),
+                               presence_loss(logits, everywhere, valid))  # no absent slot: the plain mean
+
 
 def test_self_read_starts_as_a_no_op_and_pulls_the_logits_toward_the_frames_own_descriptors():
     """decoder.self_read: at initialisation the step decodes exactly as without it; with the objects' weight at 1

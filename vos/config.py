@@ -263,6 +263,9 @@ class OptimConfig:
 class CycleConfig:
     detach_masks: bool = False  # True = the reference code's choice; False = gradients through soft masks
     long_cycles: bool = True  # alternate the 3-frame cycles; False = only [0]->0 and [0]->1->0
+    # decoder.presence: the presence loss as the mean of its present and its absent objects' means (absent objects are
+    # 1 in 7-13 of the supervised ones); False: one mean over all
+    presence_balanced: bool = False
 
 
 @dataclass

@@ -90,11 +90,18 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     return (d * valid).sum() / valid.sum().clamp(min=1)
 
 
-def presence_loss(presence: torch.Tensor, present: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def presence_loss(presence: torch.Tensor, present: torch.Tensor, valid: torch.Tensor,
+                  balanced: bool = False) -> torch.Tensor:
     """Binary cross-entropy of presence logits (B, K) against whether each object is in the frame (B, K) bool, over
-    the valid (B, K) slots."""
+    the valid (B, K) slots: one mean, or (balanced) the mean of the present slots' mean and the absent slots' mean
+    (of those that occur)."""
     bce = F.binary_cross_entropy_with_logits(presence.float(), present.float(), reduction="none")
-    return (bce * valid).sum() / valid.sum().clamp(min=1)
+    if not balanced:
+        return (bce * valid).sum() / valid.sum().clamp(min=1)
+    groups = (valid & present, valid & ~present)
+    means = [(bce * g).sum() / g.sum().clamp(min=1) for g in groups]
+    occur = torch.stack([g.any() for g in groups]).float()
+    return (torch.stack(means) * occur).sum() / occur.sum().clamp(min=1)
 
 
 @torch.no_grad()
@@ -179,9 +186,10 @@ def split_features(model: nn.Module, images: torch.Tensor) -> list[Features]:
 class CycleModel(nn.Module):
     """Wraps HODOR so that one forward() computes all cycle losses of a batch (what DDP needs to wrap)."""
 
-    def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool):
+    def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False):
         super().__init__()
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
+        self.presence_balanced = presence_balanced
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path, and
@@ -216,7 +224,8 @@ class CycleModel(nn.Module):
             loss = mask_loss(lg, tgt, sup_valid, m.num_bg, void)
             presence = graph.output(path).presence
             if presence is not None:
-                loss = loss + PRESENCE_WEIGHT * presence_loss(presence, tgt.flatten(2).amax(-1) > 0, sup_valid)
+                loss = loss + PRESENCE_WEIGHT * presence_loss(presence, tgt.flatten(2).amax(-1) > 0, sup_valid,
+                                                                self.presence_balanced)
             losses[name_of(path)] = loss
             outputs[name_of(path)] = lg.detach()
             scores += torch.stack(per_object_scores(lg, tgt, sup_valid, m.num_bg))

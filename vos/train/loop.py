@@ -118,7 +118,8 @@ class Trainer:
         for name in Trainable(cfg.optim.train).frozen():
             for p in groups[name]:
                 p.requires_grad_(False)
-        self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles).to(self.device)
+        self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles,
+                                cfg.cycles.presence_balanced).to(self.device)
         if self.world > 1:
             self.cycle = torch.nn.parallel.DistributedDataParallel(
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
