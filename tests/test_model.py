@@ -357,18 +357,25 @@ def test_anchor_check_starts_as_a_no_op_and_lowers_the_frames_unlike_their_first
     assert (checked.decode(f, desc, valid) - plain.decode(f, desc, valid)).abs().max() > 1e-3
 
 
+def plain_and_with(option: str, objects: int) -> tuple:
+    """A tiny model and a copy of it with a boolean `option` on (its new parts as they start), both in eval mode; two
+    random frames; masks (1, objects, 64, 96) of two boxes (further objects empty)."""
+    torch.manual_seed(0)
+    plain, other = HODOR(tiny_cfg()).eval(), HODOR(tiny_cfg(**{option: True})).eval()
+    other.load_state_dict(plain.state_dict(), strict=False)
+    img0, img1 = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    masks = torch.zeros(1, objects, 64, 96)
+    masks[0, 0, 10:30, 10:40], masks[0, 1, 30:60, 50:90] = 1, 1
+    return plain, other, img0, img1, masks
+
+
 def test_presence_starts_as_a_no_op_and_a_low_score_empties_the_object():
     """decoder.presence: at initialisation the step decodes as without it (scores high, log-sigmoid ~0); a low score
     empties that object's whole map and leaves the others be; the presence loss on an absent object lowers its
     score; the given frame (no memory) has no score."""
     from vos.train.cycles import presence_loss
 
-    torch.manual_seed(0)
-    plain, gated = HODOR(tiny_cfg()).eval(), HODOR(tiny_cfg(**{"decoder.presence": True})).eval()
-    gated.load_state_dict(plain.state_dict(), strict=False)
-    img0, img1 = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
-    masks = torch.zeros(1, 2, 64, 96)
-    masks[0, 0, 10:30, 10:40], masks[0, 1, 30:60, 50:90] = 1, 1
+    plain, gated, img0, img1, masks = plain_and_with("decoder.presence", objects=2)
     outs = {}
     for name, m in (("plain", plain), ("gated", gated)):
         f0, f1 = m.features(img0), m.features(img1)
@@ -415,12 +422,7 @@ def test_self_read_starts_as_a_no_op_and_pulls_the_logits_toward_the_frames_own_
     """decoder.self_read: at initialisation the step decodes exactly as without it; with the objects' weight at 1
     an object's logits are those of descriptors encoded from this frame's own first prediction (matched against the
     same mask embedding), a padded object keeps its logits, and the mask loss reaches the weights."""
-    torch.manual_seed(0)
-    plain, read = HODOR(tiny_cfg()).eval(), HODOR(tiny_cfg(**{"decoder.self_read": True})).eval()
-    read.load_state_dict(plain.state_dict(), strict=False)
-    img0, img1 = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
-    masks = torch.zeros(1, 3, 64, 96)
-    masks[0, 0, 10:30, 10:40], masks[0, 1, 30:60, 50:90] = 1, 1
+    plain, read, img0, img1, masks = plain_and_with("decoder.self_read", objects=3)  # the third: padding
     f0, f1 = plain.features(img0), plain.features(img1)
     mem = plain.step(f0, given=plain.masks_to_s4(masks, f0)).desc[:, None]
     valid = torch.ones(mem.shape[:3], dtype=torch.bool)
