@@ -748,3 +748,13 @@ def test_the_locality_rule_follows_object_ids_not_channels(without_path):
     ids, probs = tracker.step(frames[5], {3: (masks[5] == 3).astype(np.float32)})
     assert ids == [2, 3]
     assert _iou(probs_to_ids(ids, probs), masks[5], 2) > 0.6
+
+
+def test_a_run_of_the_removed_self_read_option_still_loads(tmp_path):
+    """Runs started while decoder.self_read existed (off) saved it in their config; they load without it."""
+    cfg = load_config(ModelConfig, None, TINY)
+    config = {"model": to_dict(cfg)}
+    config["model"]["decoder"]["self_read"] = False
+    save_checkpoint(tmp_path / "m.pt", {"model": HODOR(cfg).state_dict(), "config": config})
+    (model,) = load_models(tmp_path / "m.pt", torch.device("cpu"))
+    assert "self_read" not in model.cfg.decoder

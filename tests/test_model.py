@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -416,36 +414,6 @@ def test_presence_starts_as_a_no_op_and_a_low_score_empties_the_object():
     everywhere = torch.ones_like(present)
     torch.testing.assert_close(presence_loss(logits, everywhere, valid, balanced=True),
                                presence_loss(logits, everywhere, valid))  # no absent slot: the plain mean
-
-
-def test_self_read_starts_as_a_no_op_and_pulls_the_logits_toward_the_frames_own_descriptors():
-    """decoder.self_read: at initialisation the step decodes exactly as without it; with the objects' weight at 1
-    an object's logits are those of descriptors encoded from this frame's own first prediction (matched against the
-    same mask embedding), a padded object keeps its logits, and the mask loss reaches the weights."""
-    plain, read, img0, img1, masks = plain_and_with("decoder.self_read", objects=3)  # the third: padding
-    f0, f1 = plain.features(img0), plain.features(img1)
-    mem = plain.step(f0, given=plain.masks_to_s4(masks, f0)).desc[:, None]
-    valid = torch.ones(mem.shape[:3], dtype=torch.bool)
-    valid[0, 0, -1] = False  # the third object is padding
-    first = plain.step(f1, mem, valid)
-    torch.testing.assert_close(read.step(f1, mem, valid).logits, first.logits, atol=0, rtol=0)
-
-    with torch.no_grad():
-        read.self_read.weight.copy_(torch.tensor([0.0, 1.0 / read.self_read.SCALE]))
-    out = read.step(f1, mem, valid)
-    nb = plain.num_bg
-    _, emb, _ = plain._decode(f1, mem, valid)
-    own = plain.desc_proj(plain.encode(f1, logits_to_probs(first.logits, nb)[:, 1:], valid[:, 0, nb:]))
-    own_logits = torch.einsum("bqc,bchw->bqhw", own, emb) / math.sqrt(own.shape[-1])
-    torch.testing.assert_close(out.logits[:, 1 + nb:-1], own_logits[:, nb:-1])  # objects: their own logits
-    torch.testing.assert_close(out.logits[:, :1 + nb], first.logits[:, :1 + nb])  # catch-all, cells: w = 0
-    torch.testing.assert_close(out.logits[:, -1], first.logits[:, -1])  # padding untouched
-    assert (out.logits[:, 1 + nb:-1] - first.logits[:, 1 + nb:-1]).abs().max() > 1e-3
-
-    read.train()
-    out = read.step(f1, mem, valid)
-    F.cross_entropy(out.logits[:, 1:], torch.zeros(1, *out.logits.shape[-2:], dtype=torch.long)).backward()
-    assert read.self_read.weight.grad.abs().min() > 0
 
 
 def test_distance_to_the_last_masks_is_exact_and_starts_as_a_no_op():

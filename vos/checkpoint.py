@@ -41,7 +41,11 @@ def _migrate(weights: dict) -> dict:
 
 
 def _migrate_config(cfg: dict) -> dict:
-    """Configs of older versions: validation's inference settings now live in val.infer."""
+    """Configs of older versions: validation's inference settings now live in val.infer; decoder.self_read (tried
+    and removed on 2026-12-04, RESULTS.md) is dropped where it was off."""
+    decoder = cfg.get("model", {}).get("decoder")
+    if isinstance(decoder, dict) and decoder.get("self_read") is False:
+        cfg = {**cfg, "model": {**cfg["model"], "decoder": {k: v for k, v in decoder.items() if k != "self_read"}}}
     val = cfg.get("val")
     if isinstance(val, dict) and any(k in val for k in ("window", "anchor_first", "short_side")):
         val = dict(val)
@@ -126,8 +130,6 @@ def init_from(model: HODOR, path: str | Path) -> None:
         fresh += r"|anchor_check\."
     if not theirs_decoder.get("presence"):
         fresh += r"|presence\."
-    if not theirs_decoder.get("self_read"):
-        fresh += r"|self_read\."
     if not theirs_st.get("radius"):
         fresh += r"|short_term\."
     else:

@@ -110,10 +110,6 @@ class DecoderConfig:
     # in this frame at all? Its log-sigmoid is added to the object's logits (a whole-map gate, learned with a binary
     # loss where masks are known; starts as a no-op). Off: today's decoder.
     presence: bool = False
-    # The frame reads itself (vos.model.hodor.SelfRead, SSP's self-support matching): descriptors encoded from this
-    # frame's first prediction are matched against it too, and the logits pulled toward theirs by learned weights
-    # (start at zero: a no-op). Costs one more encode per frame. Off: today's decoder.
-    self_read: bool = False
 
 
 @dataclass

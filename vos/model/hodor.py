@@ -186,32 +186,6 @@ class Presence(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-class SelfRead(nn.Module):
-    """The frame reads itself (SSP's self-support matching, Fan et al. 2022, in HODOR's terms): descriptors encoded
-    from this frame's own first prediction (its objects and background cells, by the same soft-masked attention that
-    encodes every frame for the memory) are matched against the same mask embedding, and their logit maps pulled
-    toward: logits + w * (self logits - logits), one w for the background cells and one for the objects. What the
-    object looks like in this frame, and what is around it here, then decide its pixels beside what it looked like
-    in the past. The weights start at zero: a no-op at first."""
-
-    SCALE = 4.0  # so that Adam at the fresh-module lr moves w by order 1 within a few hundred steps
-
-    def __init__(self):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(2))  # [background cells, objects]
-
-    def forward(self, logits: torch.Tensor, self_logits: torch.Tensor, num_bg: int,
-                valid: torch.Tensor) -> torch.Tensor:
-        """logits, self_logits (B, Qb + I, h, w): from the memory and from this frame's own descriptors; valid (B, I)
-        bool: real objects (padding keeps its logits) -> the mixed logits (B, Qb + I, h, w)."""
-        w = self.SCALE * self.weight.to(logits.dtype)
-        Q = logits.shape[1]
-        per_slot = torch.where(torch.arange(Q, device=logits.device) < num_bg, w[0], w[1])
-        slot_valid = torch.cat([torch.ones_like(valid[:, :1]).expand(-1, num_bg), valid], 1)
-        delta = torch.where(slot_valid[..., None, None], self_logits - logits, torch.zeros_like(logits))
-        return logits + per_slot[None, :, None, None] * delta
-
-
 class HODOR(nn.Module):
     def __init__(self, cfg):
         """cfg: a ModelConfig (see vos.config) or any object with the same attributes."""
@@ -236,7 +210,6 @@ class HODOR(nn.Module):
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
         self.anchor_check = AnchorCheck(c) if cfg.decoder.anchor_check else None
         self.presence = Presence(cm) if cfg.decoder.presence else None
-        self.self_read = SelfRead() if cfg.decoder.self_read else None
         st = cfg.short_term
         self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk,
                                         stride=st.stride, distance=st.distance) if st.radius else None
@@ -379,13 +352,6 @@ class HODOR(nn.Module):
             off = self.short_term(feats.key, last, num_objects, given_frame)
             off = F.interpolate(off, size=logits.shape[-2:], mode="bilinear", align_corners=False)
             logits = torch.cat([logits[:, :k], logits[:, k:] + off.to(logits.dtype)], 1)
-        if self.self_read is not None:
-            valid = memory_valid[:, :, self.num_bg:].any(1)
-            own = self.encode(feats, logits_to_probs(logits, self.num_bg)[:, 1:], valid)
-            keys = self.desc_proj(own)
-            own_logits = torch.einsum("bqc,bchw->bqhw", keys, emb.to(keys.dtype)) / math.sqrt(keys.shape[-1])
-            logits = torch.cat([logits[:, :1], self.self_read(logits[:, 1:], own_logits.to(logits.dtype),
-                                                               self.num_bg, valid)], 1)
         presence = None
         if self.presence is not None:
             anchor = first_valid(keys[:, :, self.num_bg:], memory_valid[:, :, self.num_bg:])

@@ -125,8 +125,8 @@ class Trainer:
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # the modules that start as no-ops train at their own peak lr
-        fresh = {id(p) for m in (self.model.short_term, self.model.anchor_check, self.model.presence,
-                                 self.model.self_read) if m is not None for p in m.parameters()}
+        fresh = {id(p) for m in (self.model.short_term, self.model.anchor_check, self.model.presence) if m is not None
+                 for p in m.parameters()}
         groups = [{"params": [p for p in self.params if id(p) not in fresh]},
                   {"params": [p for p in self.params if id(p) in fresh], "lr": cfg.optim.short_term_lr or cfg.optim.lr}]
         # fused: one kernel for all parameters (on 2 CPU cores 4x faster than the per-parameter loop, ~4 % of an
