@@ -132,3 +132,23 @@ def test_experiment_configs_are_checked(tmp_path, results):
     (tmp_path / "b.yaml").write_text("method: copy\nafter: [" + str(tmp_path / "a.yaml") + "]\n")
     with pytest.raises(VosError, match="cycle: a -> b -> a"):
         experiment.checkpoint_of(str(tmp_path / "a.yaml"))
+
+
+def _record_rows(names: list[str]) -> None:
+    for n in names:
+        experiment._record({"experiment": n, "J&F": 50.0})
+
+
+def test_runners_finishing_together_keep_each_others_rows(results):
+    """Experiments run side by side; each replaces its own line of experiments.csv. Four processes writing 25 rows
+    each at once leave all 100 (without the lock, one runner's read-modify-write dropped another's row)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_record_rows, args=([f"p{i}_{j}" for j in range(25)],)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert all(p.exitcode == 0 for p in procs)
+    assert set(_rows(results)) == {f"p{i}_{j}" for i in range(4) for j in range(25)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import fcntl
 import sys
 from pathlib import Path
 
@@ -249,15 +250,20 @@ def _save(name: str, text: str, row: dict) -> dict:
 
 
 def _record(row: dict) -> None:
+    """Replace the row's line of results/experiments.csv. Experiments run side by side: the read-modify-write holds
+    an exclusive lock, or one of two runners finishing together loses the other's row."""
     table = RESULTS / "experiments.csv"
-    rows = list(csv.DictReader(table.open())) if table.is_file() else []
-    rows = [r for r in rows if r["experiment"] != row["experiment"]] + [
-        {k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in row.items()}]
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_path(table) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, restval="")
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: r["experiment"]))
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(table.parent / ".experiments.csv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = list(csv.DictReader(table.open())) if table.is_file() else []
+        rows = [r for r in rows if r["experiment"] != row["experiment"]] + [
+            {k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in row.items()}]
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with atomic_path(table) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, restval="")
+            w.writeheader()
+            w.writerows(sorted(rows, key=lambda r: r["experiment"]))
 
 
 def main(argv=None) -> int:
