@@ -132,11 +132,10 @@ def init_from(model: HODOR, path: str | Path) -> None:
         fresh += r"|presence\."
     if not theirs_st.get("radius"):
         fresh += r"|short_term\."
-    else:
-        if not theirs_st.get("given_topk"):
-            fresh += r"|short_term\.given_in\."
-        if not theirs_st.get("distance"):
-            fresh += r"|short_term\.distance_in\."
+    if not theirs_st.get("given_topk"):
+        fresh += r"|short_term\.given_in\."
+    if not theirs_st.get("distance"):
+        fresh += r"|short_term\.distance_in\."
     load_weights(model, state["model"], f"init_from {path}: model does not match this config",
                  may_miss=rf"{BACKBONE}|{fresh}", may_add=block)
 

@@ -142,10 +142,9 @@ class ShortTermPath(nn.Module):
         if given_topk:
             self.given_in = nn.Conv2d(2, hidden, 3, padding=1, bias=False)
             nn.init.zeros_(self.given_in.weight)
+        self.distance_in = nn.Conv2d(1, hidden, 3, padding=1, bias=False) if distance else None
         if distance:
-            self.distance_in = nn.Conv2d(1, hidden, 3, padding=1, bias=False)
             nn.init.zeros_(self.distance_in.weight)
-        self.distance = distance
 
     def keys(self, f8: torch.Tensor) -> torch.Tensor:
         """(B, C, H/8, W/8) attention features -> (B, Ck, H/stride, W/stride) keys."""
@@ -177,7 +176,7 @@ class ShortTermPath(nn.Module):
             if pool > 1:
                 read = F.interpolate(read, size=(h, w), mode="bilinear", align_corners=False)
             hidden = hidden + self.given_in(torch.stack([read, read.sum(1, keepdim=True) - read], 2).flatten(0, 1))
-        if self.distance:
+        if self.distance_in is not None:
             hidden = hidden + self.distance_in(distance_to(prev).flatten(0, 1)[:, None])
         return self.fuse[1:](hidden).view(B, I, h, w)
 
