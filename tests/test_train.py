@@ -783,3 +783,26 @@ def test_a_band_of_scene_stands_in_front_of_an_object_on_every_frame():
         assert (banded["masks"] <= plain["masks"]).all() and banded["masks"][0].sum() < plain["masks"][0].sum()
         again = make_sample(unit, "static", (64, 64), 1, 12, seed=seed, aug=AUGMENT["static"])
         assert torch.equal(plain["images"], again["images"])
+
+
+def test_clips_of_the_inference_frames_shape_keep_the_scale_and_train(tmp_path):
+    """data.size of a video frame's shape (288 x 512 for 480 x 854 video) cuts views at the same scale as square
+    clips, only wider: at the largest view the whole frame, as inference sees it."""
+    from vos.data.augment import crop_box
+
+    mask = np.zeros((480, 854), bool)
+    mask[200:260, 400:450] = True
+    for seed in range(5):
+        sq = crop_box(mask, (288, 288), np.random.default_rng(seed))
+        wide = crop_box(mask, (288, 512), np.random.default_rng(seed))
+        assert abs(sq[2] - wide[2]) <= 1 and abs(wide[3] / wide[2] - 512 / 288) < 0.01  # same height, wider
+        assert mask[wide[0]:wide[0] + wide[2], wide[1]:wide[1] + wide[3]].sum() == mask.sum()
+    assert crop_box(mask, (288, 512), np.random.default_rng(0), scale_range=(1.0, 1.0)) == (0, 0, 480, 853)
+    cfg = cfg_for(tmp_path, "data.size=[48,80]", "model.short_term.radius=2")
+    batch = _batch(cfg)
+    assert batch["images"].shape[-2:] == (48, 80) and batch["masks"].shape[-2:] == (48, 80)
+    model = HODOR(cfg.model)
+    loss, _, _ = CycleModel(model, detach_masks=False, long_cycles=False)(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
