@@ -806,3 +806,20 @@ def test_clips_of_the_inference_frames_shape_keep_the_scale_and_train(tmp_path):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_data_zoom_sets_how_much_of_the_frame_a_clip_shows(tmp_path, monkeypatch):
+    """data.zoom reaches the crop of every source's clips (zoom 1: the whole frame); a range below 1 or upside down
+    is an error naming the key."""
+    import vos.data.clips as clips
+
+    cfg = cfg_for(tmp_path, "data.zoom=[1.0,1.0]")
+    seen = []
+    real = clips.crop_box
+    monkeypatch.setattr(clips, "crop_box", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    ds = ClipDataset(cfg.data.sources, cfg.data.size, 1, clip_len=cfg.data.clip_len, zoom=tuple(cfg.data.zoom))
+    ds[(0, 0, 3)]
+    assert seen and all(z == (1.0, 1.0) for z in seen)
+    for bad in ((0.5, 1.0), (1.6, 1.2)):
+        with pytest.raises(VosError, match="data.zoom"):
+            ClipDataset(cfg.data.sources, cfg.data.size, 1, zoom=bad)

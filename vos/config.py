@@ -178,6 +178,10 @@ class AdaptConfig:
 class InferConfig:
     window: int = bounded(7, min=1)  # W: past frames whose descriptors the decoder attends to
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
+    # an object's descriptors of a frame join the memory only where its predicted area is at least this fraction
+    # of its area where it was last seen (given, or a frame that joined): a hidden or absent object is decoded
+    # from where it was seen, not from the sliver that shows (vos.inference.memory); 0 = every frame
+    min_visible: float = bounded(0.0, min=0, max=1)
     # pixel memory (XMem's working memory, for the short-term path's given-frame read): every Nth frame's keys and
     # predicted masks join the given frames the read sees, the last `pixel_memory_frames` of them; 0 = given only
     pixel_memory_every: int = bounded(0, min=0)
@@ -227,6 +231,9 @@ class DataConfig:
     root: str = DATA_ROOT  # relative source roots are resolved against this
     sources: list[DataSource] = field(default_factory=lambda: [DataSource()])
     size: list[int] = field(default_factory=lambda: [192, 192])  # training crop (H, W)
+    # crop window of the training frames: 1/zoom of a frame's height and width, zoom uniform in [low, high]; with
+    # clips of the inference frame's shape (size), zoom 1 is the whole frame at the inference scale
+    zoom: list[float] = field(default_factory=lambda: [1.0, 1.6])
     max_objects: int = bounded(3, min=1)
     # frames per training clip: 3 = HODOR's cycles (vos.train.cycles.cycle_paths); more = inference's own chain,
     # forward and back, with the given frame and a window of recent frames in memory (chain_paths)

@@ -40,6 +40,9 @@ class Augment:
     # pseudo-clips (static, composite, merge): the frames' homographies lie on one straight path from frame 0's to
     # the last frame's (linear interpolation), so things move smoothly over long clips instead of jumping per frame
     smooth: bool = False
+    # the crop window: a frame is shown at 1/zoom of its height and width (zoom 1: the whole frame at the inference
+    # scale when the clip has the frame's shape), zoom drawn uniformly from this range (DataConfig.zoom sets it)
+    zoom: tuple[float, float] = (1.0, 1.6)
 
 
 # Static pseudo-clips need strong warps and colour changes to imitate motion; real video frames (sparse, dense)

@@ -21,6 +21,8 @@ objects; valid (K,) bool; has_mask (T,) bool; void (T, H, W) bool.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import torch
@@ -60,7 +62,7 @@ def _frames_of(unit: Annotated, regime: str, size: tuple[int, int], max_gap: int
             others = sorted(rng.choice(np.arange(lo, hi + 1), clip_len - 1, replace=False), reverse=bool(side < 0))
             frames_idx = [a, *map(int, others)]
         img0, mask0 = unit.load_frame(a), unit.load_mask(a)
-        box = crop_box((mask0 > 0) & (mask0 != VOID), size, rng)
+        box = crop_box((mask0 > 0) & (mask0 != VOID), size, rng, aug.zoom)
         flip = bool(rng.random() < 0.5)
         imgs, masks, path = [], [], None
         if aug.smooth and regime in ("static", "composite", "merge"):
@@ -355,7 +357,8 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
 class ClipDataset(torch.utils.data.Dataset):
     """All sources side by side; an item's key is (source, index within the source, seed), from MixtureSampler."""
 
-    def __init__(self, sources, size, max_objects: int, data_root: str = "", clip_len: int = 3):
+    def __init__(self, sources, size, max_objects: int, data_root: str = "", clip_len: int = 3,
+                 zoom: tuple[float, float] = Augment.zoom):
         total = sum(s.weight for s in sources)
         if abs(total - 1) > 1e-6:
             raise VosError(f"data.sources weights must sum to 1, they sum to {total:g}: "
@@ -364,7 +367,9 @@ class ClipDataset(torch.utils.data.Dataset):
             if s.regime not in REGIMES:
                 raise VosError(f"data source {s.kind}: unknown regime '{s.regime}'; choose one of {', '.join(REGIMES)}")
         self.sources = list(sources)
-        self.augs = [augment_for(s.regime, s.augment) for s in self.sources]
+        if len(zoom) != 2 or not 1 <= zoom[0] <= zoom[1]:
+            raise VosError(f"data.zoom must be [low, high] with 1 <= low <= high (1 = the whole frame), got {list(zoom)}")
+        self.augs = [replace(augment_for(s.regime, s.augment), zoom=tuple(zoom)) for s in self.sources]
         self.units = [units_from_source(s, data_root) for s in self.sources]
         for s, u in zip(self.sources, self.units):
             if not u:

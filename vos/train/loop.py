@@ -149,7 +149,8 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- parts
     def loader(self) -> torch.utils.data.DataLoader:
         c = self.cfg
-        dataset = ClipDataset(c.data.sources, c.data.size, c.data.max_objects, c.data.root, c.data.clip_len)
+        dataset = ClipDataset(c.data.sources, c.data.size, c.data.max_objects, c.data.root, c.data.clip_len,
+                              tuple(c.data.zoom))
         sampler = MixtureSampler(dataset, c.optim.batch_size, c.seed, self.rank, self.step * self.accum,
                                  c.optim.steps * self.accum)
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=c.data.workers,
