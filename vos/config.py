@@ -178,10 +178,6 @@ class AdaptConfig:
 class InferConfig:
     window: int = bounded(7, min=1)  # W: past frames whose descriptors the decoder attends to
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
-    # an object's descriptors of a frame join the memory only where its predicted area is at least this fraction
-    # of its area where it was last seen (given, or a frame that joined): a hidden or absent object is decoded
-    # from where it was seen, not from the sliver that shows (vos.inference.memory); 0 = every frame
-    min_visible: float = bounded(0.0, min=0, max=1)
     # pixel memory (XMem's working memory, for the short-term path's given-frame read): every Nth frame's keys and
     # predicted masks join the given frames the read sees, the last `pixel_memory_frames` of them; 0 = given only
     pixel_memory_every: int = bounded(0, min=0)

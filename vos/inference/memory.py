@@ -4,11 +4,6 @@ It holds the descriptors of the last `window` processed frames and, with `keep_a
 frame where masks were given (the anchors), so it never grows with the video's length. An anchor is kept for
 what was GIVEN there: once it leaves the recent window, only its background and the objects given at that frame
 stay; the other objects' rows there are predictions, no better than any other frame's, and age out with them.
-
-With `min_visible` > 0 an object's row of a frame counts only where the object was seen there: its predicted area
-at least `min_visible` x its area where it was last seen (given, or a frame that counted). An object hidden behind
-another, or gone, is then decoded from the frames where it was seen, not from descriptors re-encoded from the
-sliver of it that shows (or, when nothing shows, from whatever pixel its empty mask peaked on).
 """
 
 from __future__ import annotations
@@ -24,15 +19,13 @@ class Entry:
     desc: torch.Tensor  # (Qb + n, C): background descriptors, then the n objects known at that frame
     frame: int
     objects: torch.Tensor | None = None  # (n,) bool: which object rows are valid (None: all)
-    seen: torch.Tensor | None = None  # (n,) bool: objects seen at that frame (min_visible; None: all)
 
 
 class DescriptorMemory:
-    def __init__(self, num_bg: int, window: int = 7, keep_anchors: bool = True, min_visible: float = 0.0):
-        self.num_bg, self.keep_anchors, self.min_visible = num_bg, keep_anchors, min_visible
+    def __init__(self, num_bg: int, window: int = 7, keep_anchors: bool = True):
+        self.num_bg, self.keep_anchors = num_bg, keep_anchors
         self.recent: deque[Entry] = deque(maxlen=window)
         self.anchors: list[Entry] = []
-        self.seen_area: torch.Tensor | None = None  # (n,) each object's area where it was last seen
 
     def __len__(self) -> int:
         """Frames whose descriptors are stored."""
@@ -43,22 +36,10 @@ class DescriptorMemory:
         recent = {e.frame for e in self.recent}
         return [a for a in self.anchors if a.frame not in recent] + list(self.recent)
 
-    def add(self, desc: torch.Tensor, frame: int, given: torch.Tensor | None = None,
-            area: torch.Tensor | None = None) -> None:
+    def add(self, desc: torch.Tensor, frame: int, given: torch.Tensor | None = None) -> None:
         """Store a frame's descriptors. given: (n,) bool, the objects whose masks were given at this frame (None:
-        none); such a frame becomes an anchor for those objects. area: (n,) the objects' areas in the masks the
-        descriptors were encoded from (any unit; needed with min_visible)."""
-        seen = None
-        if self.min_visible > 0:
-            if area is None:
-                raise ValueError("DescriptorMemory(min_visible > 0).add needs the objects' areas")
-            area = area.float()
-            ref = area if self.seen_area is None else torch.cat([self.seen_area, area[len(self.seen_area):]])
-            seen = area >= self.min_visible * ref
-            if given is not None:
-                seen = seen | given.to(area.device)
-            self.seen_area = torch.where(seen, area, ref)
-        self.recent.append(Entry(desc, frame, seen=seen))
+        none); such a frame becomes an anchor for those objects."""
+        self.recent.append(Entry(desc, frame))
         if given is not None and self.keep_anchors:
             self.anchors.append(Entry(desc, frame, given.to(desc.device)))
 
@@ -79,8 +60,6 @@ class DescriptorMemory:
             valid[t, : len(e.desc)] = True
             if e.objects is not None:
                 valid[t, self.num_bg: len(e.desc)] = e.objects
-            if e.seen is not None:
-                valid[t, self.num_bg: len(e.desc)] &= e.seen
             if len(e.desc) < q and not (given is not None and bool(given[len(e.desc) - self.num_bg:].all())):
                 # This frame predates an object: its background descriptors were encoded with that object's
                 # pixels as background and would claim them (the decoder takes the max over frames). Where that
@@ -95,9 +74,5 @@ class DescriptorMemory:
         for e in self.anchors + list(self.recent):
             if len(e.desc) > row:
                 e.desc = torch.cat([e.desc[:row], e.desc[row + 1:]])
-                for name in ("objects", "seen"):
-                    rows = getattr(e, name)
-                    if rows is not None:
-                        setattr(e, name, torch.cat([rows[:k], rows[k + 1:]]))
-        if self.seen_area is not None and len(self.seen_area) > k:
-            self.seen_area = torch.cat([self.seen_area[:k], self.seen_area[k + 1:]])
+                if e.objects is not None:
+                    e.objects = torch.cat([e.objects[:k], e.objects[k + 1:]])

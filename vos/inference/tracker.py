@@ -43,7 +43,7 @@ class Tracker:
         set (None: not adapted). `use_adapted` sets them.
       objects: the tracked objects (`objects.ids`: channel k + 1 of the probabilities <-> objects.ids[k]).
       memories: one DescriptorMemory per model in use: descriptors of recent frames and of frames where masks
-        were given (with min_visible, an object's rows only of frames where it was seen: DescriptorMemory).
+        were given.
       lasts: per model in use, the last frame's `StepOutput.last` (its keys and final masks, for the model's
         short-term path; None for a model without one, and before the first frame).
       given_frames: per model in use, the `StepOutput.last` of every frame where masks were given (what a
@@ -63,8 +63,7 @@ class Tracker:
                  anchor_first: bool = InferConfig.anchor_first, locality: float = InferConfig.locality,
                  locality_floor: float = InferConfig.locality_floor, dtype: torch.dtype | None = None,
                  pixel_memory_every: int = InferConfig.pixel_memory_every,
-                 pixel_memory_frames: int = InferConfig.pixel_memory_frames,
-                 min_visible: float = InferConfig.min_visible):
+                 pixel_memory_frames: int = InferConfig.pixel_memory_frames):
         if not models:
             raise ValueError("a Tracker needs at least one model")
         if len({m.num_bg for m in models}) > 1:
@@ -74,7 +73,6 @@ class Tracker:
         self.device = next(models[0].parameters()).device
         self.window, self.anchor_first, self.dtype = window, anchor_first, dtype
         self.pixel_memory_every, self.pixel_memory_frames = pixel_memory_every, pixel_memory_frames
-        self.min_visible = min_visible
         self.locality = LocalityPrior(locality, locality_floor)
         self.reset()
 
@@ -82,7 +80,7 @@ class Tracker:
     def from_config(cls, models: Sequence[HODOR], cfg, dtype: torch.dtype | None = None) -> "Tracker":
         """cfg: an InferConfig."""
         return cls(models, cfg.window, cfg.anchor_first, cfg.locality, cfg.locality_floor, dtype,
-                   cfg.pixel_memory_every, cfg.pixel_memory_frames, cfg.min_visible)
+                   cfg.pixel_memory_every, cfg.pixel_memory_frames)
 
     @property
     def active(self) -> list[HODOR]:
@@ -100,7 +98,7 @@ class Tracker:
     def reset(self) -> None:
         """Forget the objects, the memories and the last frame (a new pass over a video); keep the models."""
         self.objects = ObjectManager()
-        self.memories = [DescriptorMemory(m.num_bg, self.window, self.anchor_first, self.min_visible) for m in self.active]
+        self.memories = [DescriptorMemory(m.num_bg, self.window, self.anchor_first) for m in self.active]
         self.lasts: list = [None] * len(self.active)
         self.given_frames: list[list] = [[] for _ in self.active]
         self.pixel_memory: list[deque] = [deque(maxlen=self.pixel_memory_frames) for _ in self.active]
@@ -169,10 +167,9 @@ class Tracker:
             probs = torch.stack([p for _, p, _ in decoded]).mean(0) if len(models) > 1 else decoded[0][1]
             probs = self.locality(probs, ids)
             committed = [m.commit(f, probs, given, given_valid) for m, f in zip(models, feats)]
-        probs = committed[0][0]
-        area = probs[0, 1:].sum((-2, -1))
         for mem, (_, desc) in zip(self.memories, committed):
-            mem.add(desc[0], self.frame_index, given_rows, area)
+            mem.add(desc[0], self.frame_index, given_rows)
+        probs = committed[0][0]
         self.lasts = [m.remember(f, probs) for m, f in zip(models, feats)]
         if new_masks:
             for given, last in zip(self.given_frames, self.lasts):
