@@ -37,11 +37,11 @@ def test_an_override_can_change_one_item_of_a_list():
 def test_type_errors_and_round_trip(tmp_path):
     with pytest.raises(ConfigError):
         load_config(InferConfig, None, ["window=many"])
-    cfg = load_config(InferConfig, None, ["window=3"])
+    cfg = load_config(InferConfig, None, ["window=5"])
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(InferConfig, tmp_path / "c.yaml")
     assert to_dict(again) == to_dict(cfg)
-    assert config_from_dict(InferConfig, to_dict(cfg)).window == 3
+    assert config_from_dict(InferConfig, to_dict(cfg)).window == 5
 
 
 def test_choices_and_ranges_are_checked_at_load(tmp_path):

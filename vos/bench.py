@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vos.config import CONFIG_DIR
+from vos.config import CONFIG_DIR, InferConfig
 
 
 def peak_rss_mb() -> float:
@@ -36,7 +36,7 @@ def _rss_mb() -> float:
 
 
 def bench_infer(a) -> None:
-    from vos.config import InferConfig, load_config
+    from vos.config import load_config
     from vos.data import VideoFile, write_mask
     from vos.inference import Runner, probs_to_ids
 
@@ -83,7 +83,7 @@ def bench_infer(a) -> None:
           + ", ".join(f"{k}: {v:.0f} MB" for k, v in rss_at.items()) + f"; peak RSS {peak_rss_mb():.0f} MB")
 
 
-def report_flops(name: str, size=(480, 854), window: int = 7) -> dict:
+def report_flops(name: str, size=(480, 854), window: int = InferConfig.window) -> dict:
     """Parameters and GFLOPs of one propagation step (features of the frame, decoding with W=7 past frames,
     re-encoding, one object), counted by torch.utils.flop_counter. torchvision's deformable conv is not counted
     by it, so its cost (2 * 9 * C * C * h * w per layer, plus the offset conv) is added by hand."""
@@ -208,8 +208,6 @@ def main(argv=None) -> None:
         bench_flops(a)
     elif a.cmd == "infer":
         if a.short_side is None:
-            from vos.config import InferConfig
-
             a.short_side = InferConfig.short_side
         bench_infer(a)
     else:

@@ -176,7 +176,9 @@ class AdaptConfig:
 
 @dataclass
 class InferConfig:
-    window: int = bounded(7, min=1)  # W: past frames whose descriptors the decoder attends to
+    # W: recent frames whose descriptors the decoder attends to (besides the given frames); 3, what a four-frame
+    # training clip's frames read (RESULTS.md, 2026-12-05); 7 until then
+    window: int = bounded(3, min=1)
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
     # pixel memory (XMem's working memory, for the short-term path's given-frame read): every Nth frame's keys and
     # predicted masks join the given frames the read sees, the last `pixel_memory_frames` of them; 0 = given only

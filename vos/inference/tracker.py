@@ -1,7 +1,7 @@
 """The Tracker: everything of inference but the network (after SAM 2's video predictor and Cutie's
 inference core).
 
-    tracker = Tracker(models, window=7, locality=0.2)     # one model, or several run together
+    tracker = Tracker(models, window=3)                   # one model, or several run together
     ids, probs = tracker.step(frame, {1: mask})           # the live-stream API: one frame in, probabilities out
     ids, probs = tracker.step(next_frame)
     tracker.remove_object(1)

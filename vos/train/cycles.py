@@ -28,7 +28,7 @@ from torch import nn
 from vos.model import Features, StepOutput, merged_logits, probs_to_labels
 
 GT = "0"
-WINDOW = 7  # recent frames a chain node reads, as InferConfig.window
+WINDOW = 7  # at most this many recent frames a chain node reads (four-frame clips: 2-3; inference: InferConfig.window)
 PRESENCE_WEIGHT = 0.5  # decoder.presence: weight of the presence loss beside each path's mask loss
 
 
