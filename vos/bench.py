@@ -84,7 +84,7 @@ def bench_infer(a) -> None:
 
 
 def report_flops(name: str, size=(480, 854), window: int = InferConfig.window) -> dict:
-    """Parameters and GFLOPs of one propagation step (features of the frame, decoding with W=7 past frames,
+    """Parameters and GFLOPs of one propagation step (features of the frame, decoding with `window` past frames,
     re-encoding, one object), counted by torch.utils.flop_counter. torchvision's deformable conv is not counted
     by it, so its cost (2 * 9 * C * C * h * w per layer, plus the offset conv) is added by hand."""
     from torch.utils.flop_counter import FlopCounterMode
