@@ -97,7 +97,7 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def crop_box(mask: np.ndarray, out_hw: tuple[int, int], rng: np.random.Generator, scale_range=(1.0, 1.6)):
+def crop_box(mask: np.ndarray, out_hw: tuple[int, int], rng: np.random.Generator, scale_range=Augment.zoom):
     """A crop window (y0, x0, ch, cw) of the output aspect ratio that keeps the objects (their centre lies
     inside; big objects may be cut)."""
     H, W = mask.shape
