@@ -620,6 +620,27 @@ def test_long_clips_train_through_the_chain(tmp_path):
     assert seen[4].grad is not None and seen[4].grad.abs().sum() > 0  # frame 4 (the turn), through the way back
 
 
+def test_a_share_of_steps_has_long_clips(tmp_path):
+    """data.long_clip_share: whole batches of long_clip_len frames on about that share of the steps, the other
+    steps' keys exactly those of a run without long clips (so their clips are too), and both lengths train."""
+    cfg = cfg_for(tmp_path, "data.clip_len=4", "data.long_clip_share=0.5", "data.long_clip_len=6")
+    ds = ClipDataset(cfg.data.sources, cfg.data.size, cfg.data.max_objects, clip_len=cfg.data.clip_len)
+    mixed = list(MixtureSampler(ds, 2, 0, 0, 0, 40, cfg.data.long_clip_share, cfg.data.long_clip_len))
+    plain = list(MixtureSampler(ds, 2, 0, 0, 0, 40))
+    lengths = [{k[3] for k in batch} for batch in mixed]
+    assert all(len(s) == 1 for s in lengths)
+    assert 10 <= sum(s == {6} for s in lengths) <= 30 and {4} in lengths
+    assert [[k[:3] for k in b] for b in mixed] == [[k[:3] for k in b] for b in plain]
+    assert all(k[3] == 4 for b in plain for k in b)
+    model = HODOR(cfg.model)
+    for batch in (mixed[lengths.index({6})], mixed[lengths.index({4})]):
+        items = [ds[k] for k in batch]
+        images = torch.stack([it["images"] for it in items])
+        assert images.shape[1] == batch[0][3]
+        loss, _, _ = CycleModel(model, False, True)({k: torch.stack([it[k] for it in items]) for k in items[0]}, 0)
+        assert torch.isfinite(loss)
+
+
 def test_sparse_long_clips_need_enough_frames_in_reach():
     from vos.data.clips import make_sample
 

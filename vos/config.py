@@ -236,6 +236,10 @@ class DataConfig:
     # frames per training clip: 3 = HODOR's cycles (vos.train.cycles.cycle_paths); more = inference's own chain,
     # forward and back, with the given frame and a window of recent frames in memory (chain_paths)
     clip_len: int = bounded(3, min=3)
+    # this share of the steps (a whole batch each) has clips of long_clip_len frames instead: the length of a
+    # long chain without giving up the short clips' steps (0 = every clip is clip_len frames)
+    long_clip_share: float = bounded(0.0, min=0, max=1)
+    long_clip_len: int = bounded(6, min=3)
     workers: int = bounded(0, min=0)
 
 

@@ -12,8 +12,8 @@ Regimes:
 - dense: like sparse, but every frame's mask is known (the fully supervised reference).
 
 Augmentation per regime: the table in vos.data.augment. Data sources: the registry in vos.data.sources.
-Every sample is a pure function of its key (source, index, seed), so a run resumes exactly; `MixtureSampler`
-derives the keys from (run seed, step, rank).
+Every sample is a pure function of its key (source, index, seed[, clip length]), so a run resumes exactly;
+`MixtureSampler` derives the keys from (run seed, step, rank).
 
 A sample of T = clip_len frames: images (T, 3, H, W) float in [0, 1]; masks (T, K, H, W) float one-hot of up to K
 objects; valid (K,) bool; has_mask (T,) bool; void (T, H, W) bool.
@@ -355,7 +355,8 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """All sources side by side; an item's key is (source, index within the source, seed), from MixtureSampler."""
+    """All sources side by side; an item's key is (source, index within the source, seed) and optionally the clip's
+    length (else `clip_len`), from MixtureSampler."""
 
     def __init__(self, sources, size, max_objects: int, data_root: str = "", clip_len: int = 3,
                  zoom: tuple[float, float] = Augment.zoom):
@@ -379,24 +380,34 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return sum(len(u) for u in self.units)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> dict:
-        src, idx, seed = key
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
+        src, idx, seed = key[:3]
+        clip_len = key[3] if len(key) > 3 else self.clip_len
         s, units = self.sources[src], self.units[src]
         background = None
         if (s.regime in ("composite", "merge") or self.augs[src].behind) and len(units) > 1:
             background = units[(idx + 1 + seed % (len(units) - 1)) % len(units)]  # any other sample
         return make_sample(units[idx], s.regime, self.size, self.max_objects, s.max_gap, seed, background,
-                           self.augs[src], self.clip_len)
+                           self.augs[src], clip_len)
 
 
 class MixtureSampler(torch.utils.data.Sampler):
-    """Batches of (source, index, seed) drawn by source weight, a pure function of (seed, step, rank):
-    resuming at step N reproduces the batches of an uninterrupted run."""
+    """Batches of (source, index, seed, clip length) drawn by source weight, a pure function of (seed, step, rank):
+    resuming at step N reproduces the batches of an uninterrupted run. A `long_share` of the steps (drawn per step,
+    the same on every rank) has clips of `long_len` frames, the rest the dataset's `clip_len`."""
 
-    def __init__(self, dataset: ClipDataset, batch_size: int, seed: int, rank: int, start_step: int, steps: int):
+    def __init__(self, dataset: ClipDataset, batch_size: int, seed: int, rank: int, start_step: int, steps: int,
+                 long_share: float = 0.0, long_len: int = 6):
         self.ds, self.bs, self.seed, self.rank = dataset, batch_size, seed, rank
         self.start, self.steps = start_step, steps
         self.weights = np.array([s.weight for s in dataset.sources])
+        self.long_share, self.long_len = long_share, long_len
+
+    def clip_len(self, step: int) -> int:
+        """The clip length of a step's batch; its own stream, so the keys of runs without long clips stay as they were."""
+        if self.long_share and np.random.default_rng([self.seed, step, 1 << 20]).random() < self.long_share:
+            return self.long_len
+        return self.ds.clip_len
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
@@ -404,8 +415,8 @@ class MixtureSampler(torch.utils.data.Sampler):
     def __iter__(self):
         for step in range(self.start, self.steps):
             rng = np.random.default_rng([self.seed, step, self.rank])
-            batch = []
+            batch, clip_len = [], self.clip_len(step)
             for _ in range(self.bs):
                 src = int(rng.choice(len(self.weights), p=self.weights))
-                batch.append((src, int(rng.integers(len(self.ds.units[src]))), int(rng.integers(2 ** 31))))
+                batch.append((src, int(rng.integers(len(self.ds.units[src]))), int(rng.integers(2 ** 31)), clip_len))
             yield batch

@@ -152,7 +152,7 @@ class Trainer:
         dataset = ClipDataset(c.data.sources, c.data.size, c.data.max_objects, c.data.root, c.data.clip_len,
                               tuple(c.data.zoom))
         sampler = MixtureSampler(dataset, c.optim.batch_size, c.seed, self.rank, self.step * self.accum,
-                                 c.optim.steps * self.accum)
+                                 c.optim.steps * self.accum, c.data.long_clip_share, c.data.long_clip_len)
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=c.data.workers,
                                            pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_stop_signals)
 
