@@ -241,6 +241,26 @@ def test_validation_composites_paste_other_videos_objects_with_exact_masks(tmp_p
         assert filecmp.cmp(s.annotations[7], Path(b) / "Annotations" / "480p" / s.name / "00007.png", shallow=False)
 
 
+def test_composites_with_more_overlap_cover_the_objects_below_more(tmp_path):
+    """overlap="more" flips each pasted object where it covers the ones below more: the same plans, every earlier
+    object as visible or less than with "less" (the validation composites), less in total."""
+    from vos.data import list_sequences
+    from vos.data.composites import build
+
+    clips = {name: square_clip([(20 + 30 * i, 40, 4, 2)], 12, size=50, colours={1: colour}, seed=i)
+             for i, (name, colour) in enumerate([("a", (250, 0, 0)), ("b", (0, 250, 0)), ("c", (0, 0, 250))])}
+    write_davis(tmp_path / "data" / "davis2016", clips, "val", layout="davis2016")
+    visible = {}
+    for overlap in ("less", "more"):
+        seqs = list_sequences(build(tmp_path / overlap, tmp_path / "data", "val", count=4, seed=1, overlap=overlap),
+                              "davis2017", "val")
+        visible[overlap] = {s.name: [int((s.read_mask(t)[0] == k).sum()) for t in (0, 7)
+                                     for k in range(1, len(s.name.split("+")))] for s in seqs}
+    assert visible["less"].keys() == visible["more"].keys() and len(visible["less"]) == 4
+    pairs = [(a, b) for name in visible["less"] for a, b in zip(visible["less"][name], visible["more"][name])]
+    assert all(b <= a for a, b in pairs) and sum(b for _, b in pairs) < sum(a for a, _ in pairs)
+
+
 def test_validation_twins_paste_each_object_beside_itself_as_background(tmp_path):
     """--twins: each video's object, frame by frame, pasted again beside it (towards the side with more room) and
     left as background: the frame holds the object's colour at both places, the mask only at the object."""

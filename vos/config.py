@@ -61,6 +61,11 @@ class Regime(StrEnum):
     dense = "dense"
 
 
+class Overlap(StrEnum):
+    less = "less"
+    more = "more"
+
+
 class Layout(StrEnum):
     davis2016 = "davis2016"
     davis2017 = "davis2017"
@@ -218,6 +223,9 @@ class DataSource:
     # The annotated frame keeps its own mask; the others train with these (distillation, issue 23).
     pseudo_labels: str = ""
     length: int = bounded(64, min=1)  # synthetic: number of generated clips; composites: number of sequences
+    # composites: each pasted object flipped left-right where that overlaps the objects below it less (as the
+    # validation composites) or more (heavier occlusion to learn from)
+    overlap: Overlap = Overlap.less
 
 
 # Where datasets live: the VOS_DATA environment variable, else ../shared/data (the development machines' copy).

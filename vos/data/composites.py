@@ -87,9 +87,10 @@ def _frames(seq: Sequence, n: int, size: tuple[int, int], labels: Path | None = 
     return images, masks
 
 
-def compose(plan: Plan, seqs: dict[str, Sequence], labels: Path | None = None, max_frames: int | None = None
-            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(frames RGB, id maps uint8) of one composite (at most max_frames long; masks from `labels` as `_frames`)."""
+def compose(plan: Plan, seqs: dict[str, Sequence], labels: Path | None = None, max_frames: int | None = None,
+            overlap: str = "less") -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(frames RGB, id maps uint8) of one composite (at most max_frames long; masks from `labels` as `_frames`);
+    each partner flipped left-right where that overlaps the objects below it `overlap` ("less" or "more")."""
     base = seqs[plan.base]
     n = min(len(seqs[s].frame_names) for s in (plan.base, *plan.partners))
     n = min(n, max_frames or n)
@@ -101,7 +102,7 @@ def compose(plan: Plan, seqs: dict[str, Sequence], labels: Path | None = None, m
         images, masks = _frames(seqs[partner], n, size, labels)
         below = sum(int(((i > 0) & m).sum()) for i, m in zip(ids, masks))
         below_flipped = sum(int(((i > 0) & m[:, ::-1]).sum()) for i, m in zip(ids, masks))
-        flip = below_flipped < below
+        flip = below_flipped < below if overlap == "less" else below_flipped > below
         for t in range(n):
             img, m = (images[t][:, ::-1], masks[t][:, ::-1]) if flip else (images[t], masks[t])
             frames[t] = np.where(m[..., None], img, frames[t])
@@ -135,12 +136,14 @@ def twin(seq: Sequence, n: int = TWIN_FRAMES) -> tuple[list[np.ndarray], list[np
 
 
 def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SPLIT, count: int = 12,
-          seed: int = 0, twins: bool = False, labels: str | Path | None = None, max_frames: int | None = None) -> Path:
+          seed: int = 0, twins: bool = False, labels: str | Path | None = None, max_frames: int | None = None,
+          overlap: str = "less") -> Path:
     """Write the composites of `split` (DAVIS-2016 sequences under data_root/davis2016) to `out` in the DAVIS-2017
     layout (JPEGImages/480p, Annotations/480p with every frame annotated, ImageSets/2017/val.txt); with `twins`, each
     video with a twin of its object (`twin`; count and seed unused). `labels`: a folder <seq>/<frame>.png of masks
     for every frame to use instead of the dataset's (a teacher's, for training composites); `max_frames`: cut each
-    composite to its first frames. The folder is written beside `out` and renamed when complete: an interrupted
+    composite to its first frames; `overlap`: flip each pasted object where it overlaps the ones below less (the
+    validation composites) or more (`compose`). The folder is written beside `out` and renamed when complete: an interrupted
     build leaves no half dataset."""
     out = Path(out)
     labels = Path(labels) if labels else None
@@ -156,7 +159,7 @@ def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SP
     with atomic_path(out) as tmp:
         tmp = Path(tmp)
         for plan in ([Plan(n, ()) for n in sorted(seqs)] if twins else plans(sorted(seqs), count, seed)):
-            frames, ids = twin(seqs[plan.base]) if twins else compose(plan, seqs, labels, max_frames)
+            frames, ids = twin(seqs[plan.base]) if twins else compose(plan, seqs, labels, max_frames, overlap)
             hidden = [k for k in range(1, 2 + len(plan.partners)) if (ids[0] == k).sum() < MIN_VISIBLE]
             if hidden:
                 print(f"skipping {plan.name}: object(s) {hidden} hardly visible on the first frame")

@@ -143,7 +143,8 @@ def _composites(src, root: Path) -> list[Annotated]:
     other videos' objects pasted in frame by frame), `length` sequences of max_gap + 1 frames, their masks taken
     from the teacher's `pseudo_labels` (no human mask beyond each video's first frame). Built once into
     data/<split>-<teacher>-<length>x<frames> in the repository (delete it when the teacher changes), then read as a
-    DAVIS-2017 dataset."""
+    DAVIS-2017 dataset. `overlap: more` flips the pasted objects to cover the ones below more
+    (built to its own folder)."""
     from filelock import FileLock
 
     from vos.data import composites
@@ -156,12 +157,14 @@ def _composites(src, root: Path) -> list[Annotated]:
     labels = Path(src.pseudo_labels)
     labels = labels if labels.is_absolute() else REPO / labels
     frames = src.max_gap + 1
-    out = REPO / "data" / f"{Path(src.split).stem}-{labels.name}-{src.length}x{frames}"
+    more = "-overlap_more" if src.overlap == "more" else ""
+    out = REPO / "data" / f"{Path(src.split).stem}-{labels.name}-{src.length}x{frames}{more}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(out.with_name(f".{out.name}.lock")):  # runs started together: one builds, the others wait for it
         if not (out / "ImageSets" / "2017" / "val.txt").is_file():
             print(f"building the training composites once: {out}")
-            composites.build(out, root.parent, src.split, src.length, labels=labels, max_frames=frames)
+            composites.build(out, root.parent, src.split, src.length, labels=labels, max_frames=frames,
+                             overlap=str(src.overlap))
     return _video_units(out, "davis2017", "val", src.regime, "first", None)
 
 
