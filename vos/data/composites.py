@@ -196,11 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--twins", action="store_true", help="each video with a twin of its object instead")
     ap.add_argument("--labels", help="masks of every frame to use instead of the split's (training composites)")
     ap.add_argument("--frames", type=int, help="cut each composite to its first FRAMES frames")
+    ap.add_argument("--overlap", choices=("less", "more"), default="less",
+                    help="flip each pasted object where it covers the ones below less (validation) or more")
     a = ap.parse_args(argv)
     out = a.out or str(ROOT / "data" / (TWINS if a.twins else NAME))
     if Path(out).exists():
         raise SystemExit(f"{out} exists; remove it first to build it again")
-    print(build(out, a.data_root, a.split, a.sequences, a.seed, a.twins, a.labels, a.frames))
+    print(build(out, a.data_root, a.split, a.sequences, a.seed, a.twins, a.labels, a.frames, a.overlap))
 
 
 if __name__ == "__main__":
