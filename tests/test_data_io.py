@@ -7,6 +7,7 @@ from vos.data.masks import DAVIS_PALETTE
 from vos.data.synthetic import make_clip, square_clip, write_davis, write_mp4, write_youtubevos
 import filecmp
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -259,6 +260,43 @@ def test_composites_with_more_overlap_cover_the_objects_below_more(tmp_path):
     assert visible["less"].keys() == visible["more"].keys() and len(visible["less"]) == 4
     pairs = [(a, b) for name in visible["less"] for a, b in zip(visible["less"][name], visible["more"][name])]
     assert all(b <= a for a, b in pairs) and sum(b for _, b in pairs) < sum(a for a, _ in pairs)
+
+
+def _ensure_composites(data_root):
+    from vos.data import composites
+    composites.ensure(data_root)
+
+
+def test_validation_composites_started_together_are_built_once(tmp_path, monkeypatch):
+    """Two experiments that need the validation composites start together: one builds them, the other waits and
+    reads them (until 2026-12-05 the second failed renaming its copy onto the first's)."""
+    import multiprocessing
+
+    from vos.data import composites
+
+    clips = {name: square_clip([(20 + 30 * i, 40, 4, 2)], 12, size=50, colours={1: colour}, seed=i)
+             for i, (name, colour) in enumerate([("a", (250, 0, 0)), ("b", (0, 250, 0)), ("c", (0, 0, 250))])}
+    write_davis(tmp_path / "data" / "davis2016", clips, "val", layout="davis2016")
+    real_build = composites.build
+
+    def slow_build(out, data_root, twins=False):  # the synthetic split; slow enough that both runs start building
+        with open(tmp_path / "builds.txt", "a") as f:
+            f.write("build\n")
+        time.sleep(1.0)
+        return real_build(out, data_root, "val", count=4, seed=1, twins=twins)
+
+    monkeypatch.setattr(composites, "ROOT", tmp_path / "repo")
+    monkeypatch.setattr(composites, "build", slow_build)
+    ctx = multiprocessing.get_context("fork")  # the children inherit the patches
+    runs = [ctx.Process(target=_ensure_composites, args=(tmp_path / "data",)) for _ in range(2)]
+    for r in runs:
+        r.start()
+    for r in runs:
+        r.join(60)
+    assert [r.exitcode for r in runs] == [0, 0]
+    assert (tmp_path / "builds.txt").read_text() == "build\n"
+    out = tmp_path / "repo" / "data" / composites.NAME
+    assert len((out / "ImageSets" / "2017" / "val.txt").read_text().split()) == 4
 
 
 def test_validation_twins_paste_each_object_beside_itself_as_background(tmp_path):

@@ -178,10 +178,14 @@ def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SP
 
 def ensure(data_root: str | Path, name: str = NAME) -> Path:
     """data/val10-composites (or data/val10-twins, `name`) in the repository, built on first use."""
+    from filelock import FileLock
+
     out = ROOT / "data" / name
-    if not (out / "ImageSets" / "2017" / "val.txt").is_file():
-        print(f"building the validation {name} once: {out}")
-        build(out, data_root, twins=name == TWINS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.with_name(f".{name}.lock")):  # experiments started together: one builds, the others wait
+        if not (out / "ImageSets" / "2017" / "val.txt").is_file():
+            print(f"building the validation {name} once: {out}")
+            build(out, data_root, twins=name == TWINS)
     return out
 
 
