@@ -30,6 +30,7 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -176,17 +177,22 @@ def build(out: str | Path, data_root: str | Path, split: str | Path = DEFAULT_SP
     return out
 
 
-def ensure(data_root: str | Path, name: str = NAME) -> Path:
-    """data/val10-composites (or data/val10-twins, `name`) in the repository, built on first use."""
+def build_once(out: Path, what: str, make: Callable[[], object]) -> Path:
+    """`out`, built by `make()` unless complete; runs started together: one builds, the others wait for it."""
     from filelock import FileLock
 
-    out = ROOT / "data" / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(out.with_name(f".{name}.lock")):  # experiments started together: one builds, the others wait
+    with FileLock(out.with_name(f".{out.name}.lock")):
         if not (out / "ImageSets" / "2017" / "val.txt").is_file():
-            print(f"building the validation {name} once: {out}")
-            build(out, data_root, twins=name == TWINS)
+            print(f"building {what} once: {out}")
+            make()
     return out
+
+
+def ensure(data_root: str | Path, name: str = NAME) -> Path:
+    """data/val10-composites (or data/val10-twins, `name`) in the repository, built on first use."""
+    out = ROOT / "data" / name
+    return build_once(out, f"the validation {name}", lambda: build(out, data_root, twins=name == TWINS))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -145,8 +145,6 @@ def _composites(src, root: Path) -> list[Annotated]:
     data/<split>-<teacher>-<length>x<frames> in the repository (delete it when the teacher changes), then read as a
     DAVIS-2017 dataset. `overlap: more` flips the pasted objects to cover the ones below more
     (built to its own folder)."""
-    from filelock import FileLock
-
     from vos.data import composites
 
     if not src.pseudo_labels:
@@ -159,12 +157,8 @@ def _composites(src, root: Path) -> list[Annotated]:
     frames = src.max_gap + 1
     more = "-overlap_more" if src.overlap == "more" else ""
     out = REPO / "data" / f"{Path(src.split).stem}-{labels.name}-{src.length}x{frames}{more}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(out.with_name(f".{out.name}.lock")):  # runs started together: one builds, the others wait for it
-        if not (out / "ImageSets" / "2017" / "val.txt").is_file():
-            print(f"building the training composites once: {out}")
-            composites.build(out, root.parent, src.split, src.length, labels=labels, max_frames=frames,
-                             overlap=str(src.overlap))
+    composites.build_once(out, "the training composites", lambda: composites.build(
+        out, root.parent, src.split, src.length, labels=labels, max_frames=frames, overlap=str(src.overlap)))
     return _video_units(out, "davis2017", "val", src.regime, "first", None)
 
 
