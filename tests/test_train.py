@@ -844,3 +844,46 @@ def test_data_zoom_sets_how_much_of_the_frame_a_clip_shows(tmp_path, monkeypatch
     for bad in ((0.5, 1.0), (1.6, 1.2)):
         with pytest.raises(VosError, match="data.zoom"):
             ClipDataset(cfg.data.sources, cfg.data.size, 1, zoom=bad)
+
+
+def test_corrupt_masks_spills_or_cuts_each_object_and_keeps_a_distribution():
+    from vos.train.cycles import corrupt_masks
+
+    h = w = 32
+    obj = torch.zeros(8, 2, h, w)  # two objects near the centre, so that every shifted copy stays in the frame
+    obj[:, 0, 10:16, 10:22] = 0.9
+    obj[:, 1, 16:22, 10:22] = 0.8
+    probs = torch.cat([1 - obj.sum(1, keepdim=True), obj], 1).requires_grad_(True)
+    assert torch.equal(corrupt_masks(probs, 0.0), probs)
+    g = torch.Generator().manual_seed(0)
+    out = corrupt_masks(probs, 1.0, generator=g)
+    assert out.shape == probs.shape
+    assert (out >= 0).all() and torch.allclose(out.sum(1), torch.ones(8, h, w), atol=1e-5)
+    inside = obj > 0
+    gained = ((out[:, 1:] - probs[:, 1:]) * ~inside).flatten(2).sum(-1)  # mass outside the object: spilt
+    lost = ((probs[:, 1:] - out[:, 1:]) * inside).flatten(2).sum(-1)  # mass inside it gone: cut
+    assert ((gained > 0.5) | (lost > 0.5)).all(), (gained, lost)  # every object of every clip corrupted
+    assert (gained > 0.5).any() and (lost > 0.5).any()  # both kinds drawn
+    out[:, 1:].sum().backward()
+    assert probs.grad is not None and probs.grad[:, 1:].abs().sum() > 0  # the cycle's gradient still flows
+
+
+def test_memory_noise_corrupts_what_predicted_frames_leave_to_memory_not_their_logits(tmp_path):
+    """The given frame's descriptors and every node's own logits are untouched; a predicted frame's descriptors
+    (re-encoded from its corrupted masks) and hence the nodes decoded from it change."""
+    from vos.train.cycles import GT, CycleGraph, split_features
+
+    cfg = cfg_for(tmp_path, "model.short_term.radius=2")
+    torch.manual_seed(0)
+    model = HODOR(cfg.model).eval()
+    batch = _batch(cfg)
+    split = split_features(model, batch["images"])
+    n1 = ((GT,), 1)
+    n2 = ((GT, n1), 2)
+    graphs = [CycleGraph(model, split, batch["masks"], batch["valid"], False, [n2], noise) for noise in (0.0, 1.0)]
+    clean, noisy = graphs
+    assert torch.equal(clean.desc(GT), noisy.desc(GT))
+    assert torch.equal(clean.logits(n1), noisy.logits(n1))
+    assert not torch.allclose(clean.desc(n1), noisy.desc(n1))
+    assert not torch.allclose(clean.output(n1).last.masks, noisy.output(n1).last.masks)
+    assert not torch.allclose(clean.logits(n2), noisy.logits(n2))

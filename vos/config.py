@@ -279,6 +279,9 @@ class CycleConfig:
     # decoder.presence: the presence loss as the mean of its present and its absent objects' means (absent objects are
     # 1 in 7-13 of the supervised ones); False: one mean over all
     presence_balanced: bool = False
+    # chance that a predicted frame leaves an object's mask corrupted (spilt onto the scene or cut) to memory, while
+    # the loss wants the truth: robustness to masks that drift over long videos (vos.train.cycles.corrupt_masks)
+    memory_noise: float = bounded(0.0, min=0.0, max=1.0)
 
 
 @dataclass

@@ -19,6 +19,7 @@ The one per-frame step, shared by training (vos.train.cycles) and inference (vos
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -369,11 +370,14 @@ class HODOR(nn.Module):
 
     def commit(self, feats: Features, probs: torch.Tensor, given: torch.Tensor | None = None,
                given_valid: torch.Tensor | None = None, valid: torch.Tensor | None = None,
-               detach_probs: bool = False, encode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+               detach_probs: bool = False, encode: bool = True,
+               perturb: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The second half of `step`: force the given masks into `probs`, re-encode this frame's descriptors from
         the result. Returns (probabilities, descriptors or None with encode=False)."""
         if given is not None:
             probs = force_masks(probs, given, given_valid)
+        if perturb is not None:
+            probs = perturb(probs)
         if not encode:
             return probs, None
         p = probs[:, 1:].detach() if detach_probs else probs[:, 1:]
@@ -382,7 +386,8 @@ class HODOR(nn.Module):
     def step(self, feats: Features, memory: torch.Tensor | None = None, memory_valid: torch.Tensor | None = None,
              given: torch.Tensor | None = None, given_valid: torch.Tensor | None = None,
              valid: torch.Tensor | None = None, detach_probs: bool = False, encode: bool = True,
-             last: LastFrame | None = None, given_frame: LastFrame | None = None) -> StepOutput:
+             last: LastFrame | None = None, given_frame: LastFrame | None = None,
+             perturb: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepOutput:
         """One frame: decode it from past descriptors (and, with the short-term path, from `last`), force the given
         masks in, re-encode its descriptors (`commit(predict(...))` + `remember`; inference's Tracker runs the same).
 
@@ -395,10 +400,12 @@ class HODOR(nn.Module):
             (desc None) when nothing will attend to this frame (the last frame of a training cycle).
         last: the previous frame's `StepOutput.last` (None: none, or the path is off).
         given_frame: the `StepOutput.last` of the frame whose masks were given (read by the path with given_topk).
+        perturb: training only, like detach_probs: maps this frame's probabilities (B, 1 + I, H/4, W/4) to what it
+            leaves to memory (descriptors, `last`, `probs`; the logits stay), e.g. `vos.train.cycles.corrupt_masks`.
         """
         num_objects = given.shape[1] if given is not None else memory.shape[2] - self.num_bg
         logits, probs, presence = self.predict(feats, memory, memory_valid, num_objects, last, given_frame)
-        probs, desc = self.commit(feats, probs, given, given_valid, valid, detach_probs, encode)
+        probs, desc = self.commit(feats, probs, given, given_valid, valid, detach_probs, encode, perturb)
         return StepOutput(logits, probs, desc, self.remember(feats, probs), presence)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

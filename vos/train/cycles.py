@@ -12,6 +12,11 @@ Clips of T > 3 frames run as inference does (`chain_paths`): forward, each frame
 the last WINDOW frames' descriptors, then backward from the last frame to frame 0 the same way (the cycle). Every
 frame with a mask is supervised on both passes; frame 0 always is, at the end of the backward pass.
 
+With `memory_noise` > 0, what a predicted frame leaves to memory (the soft masks its descriptors are re-encoded from,
+and its short-term `last`) is corrupted now and then (`corrupt_masks`): a mask spilt onto a shifted copy of itself, or
+cut by a line through it, as masks drift over a long video; the loss still wants the truth, so the step learns to
+decode past a memory that took part of the scene or lost part of its object. The given frame is never corrupted.
+
 The last source of a node is the frame processed just before its target: with the short-term path
 (vos.model.short_term), its `StepOutput.last` is what the target reads, as the previous frame at inference (a node
 decoding the frame of its last source, e.g. [0]->0, reads none: it would copy the masks). Its first source is the
@@ -20,6 +25,9 @@ frame 0's ground truth on the way back: the cycle's end would copy it), none whe
 """
 
 from __future__ import annotations
+
+import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +38,41 @@ from vos.model import Features, StepOutput, merged_logits, probs_to_labels
 GT = "0"
 WINDOW = 7  # at most this many recent frames a chain node reads (four-frame clips: 2-3; inference: InferConfig.window)
 PRESENCE_WEIGHT = 0.5  # decoder.presence: weight of the presence loss beside each path's mask loss
+
+
+def corrupt_masks(probs: torch.Tensor, chance: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 1 + I, h, w) probabilities -> the same with each object's mask corrupted with probability `chance`: half
+    the time spilt (the mask, shifted by 15-50 % of the frame in a random direction and scaled by a in 0.3-1, joins
+    it by max: the object's memory takes part of the scene), half the time cut (the side of a random line through
+    its centroid scaled by 1 - a: it loses part of itself). Background is what the objects leave, renormalised where
+    they add to more than 1. Differentiable in `probs`; no host-device sync."""
+    B, K, h, w = probs.shape
+    m = probs[:, 1:]
+    I = K - 1
+    dev, dt = probs.device, probs.dtype
+    r = torch.rand(B, I, 6, device=dev, generator=generator, dtype=dt)
+    hit, spill, a = r[..., 0] < chance, r[..., 1] < 0.5, 0.3 + 0.7 * r[..., 2]
+    angle = r[..., 3] * (2 * math.pi)
+    cos, sin = angle.cos(), angle.sin()
+    shift = (0.15 + 0.35 * r[..., 4]) * 2  # affine_grid's coordinates span 2
+    theta = torch.zeros(B * I, 2, 3, device=dev, dtype=dt)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2], theta[:, 1, 2] = (shift * cos).flatten(), (shift * sin).flatten()
+    grid = F.affine_grid(theta, [B * I, 1, h, w], align_corners=False)
+    shifted = F.grid_sample(m.reshape(B * I, 1, h, w), grid, align_corners=False).view(B, I, h, w)
+    a4 = a[..., None, None]
+    spilt = torch.maximum(m, a4 * shifted)
+    ys = torch.linspace(-1, 1, h, device=dev, dtype=dt)[:, None]
+    xs = torch.linspace(-1, 1, w, device=dev, dtype=dt)[None]
+    mass = m.detach().sum((-2, -1)).clamp(min=1e-6)
+    cy = (m.detach() * ys).sum((-2, -1)) / mass
+    cx = (m.detach() * xs).sum((-2, -1)) / mass
+    side = ((xs - cx[..., None, None]) * cos[..., None, None] + (ys - cy[..., None, None]) * sin[..., None, None]) > 0
+    cut = m * (1 - a4 * side.to(dt))
+    m = torch.where(hit[..., None, None], torch.where(spill[..., None, None], spilt, cut), m)
+    total = m.sum(1, keepdim=True)
+    out = torch.cat([(1 - total).clamp(min=0), m], 1)
+    return out / out.sum(1, keepdim=True).clamp(min=1)
 
 
 def node_frames(node) -> set[int]:
@@ -139,10 +182,12 @@ class CycleGraph:
     the same one inference runs): `desc(node)` its descriptors, `logits(node)` its stride-4 logits."""
 
     def __init__(self, model: nn.Module, feats: list[Features], masks: torch.Tensor, valid: torch.Tensor,
-                 detach_masks: bool, paths: list | None = None):
+                 detach_masks: bool, paths: list | None = None, memory_noise: float = 0.0):
         """feats: per-frame features; masks (B, T, K, H, W) (frame 0 = the annotated one); valid (B, K).
-        paths: the nodes whose logits will be asked for; nodes that are only ends of paths skip re-encoding."""
+        paths: the nodes whose logits will be asked for; nodes that are only ends of paths skip re-encoding.
+        memory_noise: the chance that a predicted frame leaves an object's mask corrupted to memory (corrupt_masks)."""
         self.m, self.feats, self.masks, self.valid, self.detach = model, feats, masks, valid, detach_masks
+        self.perturb = partial(corrupt_masks, chance=memory_noise) if memory_noise > 0 else None
         self.ends_only = set(paths or ()) - set().union(*(sources_of(p) for p in paths or ()))
         B = valid.shape[0]
         self.q_valid = torch.cat([torch.ones(B, model.num_bg, dtype=torch.bool, device=valid.device), valid], 1)
@@ -164,7 +209,7 @@ class CycleGraph:
                 given_frame = None if frame_of(first) == target else self.output(first).last
                 self._out[node] = m.step(self.feats[target], memory, mem_valid, valid=self.valid,
                                          detach_probs=self.detach, encode=node not in self.ends_only, last=last,
-                                         given_frame=given_frame)
+                                         given_frame=given_frame, perturb=self.perturb)
         return self._out[node]
 
     def desc(self, node) -> torch.Tensor:
@@ -186,10 +231,11 @@ def split_features(model: nn.Module, images: torch.Tensor) -> list[Features]:
 class CycleModel(nn.Module):
     """Wraps HODOR so that one forward() computes all cycle losses of a batch (what DDP needs to wrap)."""
 
-    def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False):
+    def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False,
+                 memory_noise: float = 0.0):
         super().__init__()
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
-        self.presence_balanced = presence_balanced
+        self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path, and
@@ -199,7 +245,7 @@ class CycleModel(nn.Module):
         H, W = images.shape[-2:]
         feats = split_features(m, images)
         paths = cycle_paths(iteration, self.long_cycles, images.shape[1])
-        graph = CycleGraph(m, feats, masks, valid, self.detach_masks, paths)
+        graph = CycleGraph(m, feats, masks, valid, self.detach_masks, paths, self.memory_noise)
         present = masks.flatten(3).amax(-1) > 0  # (B, T, K); unknown frames (no mask) count as present
         present = present | ~has[:, :, None]
         losses: dict[str, torch.Tensor] = {}
