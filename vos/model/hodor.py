@@ -376,10 +376,10 @@ class HODOR(nn.Module):
         the result. Returns (probabilities, descriptors or None with encode=False)."""
         if given is not None:
             probs = force_masks(probs, given, given_valid)
-        if perturb is not None:
-            probs = perturb(probs)
         if not encode:
             return probs, None
+        if perturb is not None:
+            probs = perturb(probs)
         p = probs[:, 1:].detach() if detach_probs else probs[:, 1:]
         return probs, self.encode(feats, p, valid)
 
@@ -401,7 +401,8 @@ class HODOR(nn.Module):
         last: the previous frame's `StepOutput.last` (None: none, or the path is off).
         given_frame: the `StepOutput.last` of the frame whose masks were given (read by the path with given_topk).
         perturb: training only, like detach_probs: maps this frame's probabilities (B, 1 + I, H/4, W/4) to what it
-            leaves to memory (descriptors, `last`, `probs`; the logits stay), e.g. `vos.train.cycles.corrupt_masks`.
+            leaves to memory when it is re-encoded (descriptors, `last`, `probs`; the logits stay), e.g.
+            `vos.train.cycles.corrupt_masks`.
         """
         num_objects = given.shape[1] if given is not None else memory.shape[2] - self.num_bg
         logits, probs, presence = self.predict(feats, memory, memory_valid, num_objects, last, given_frame)
