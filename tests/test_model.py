@@ -7,6 +7,7 @@ from vos.config import ModelConfig, load_config
 from vos.model import HODOR, SoftMaskedAttention, default_alphas, lite0_classifier, logits_to_probs, merged_logits
 from vos.model.attention import attention_bias, split_heads
 from vos.model.backbone import BackboneError
+from vos.utils import VosError
 
 
 def tiny_cfg(**over):
@@ -461,3 +462,33 @@ def test_distance_to_the_last_masks_is_exact_and_starts_as_a_no_op():
     without = plain.short_term(keys, last, 1)[0, 0]
     assert (without[:, 9] - without[:, 15]).abs().max() < 1e-6  # beyond its reach, near and far are alike
     assert (with_d[:, 9] - with_d[:, 15]).abs().max() > 1e-3  # with the distance, they are not
+
+
+def test_mask_keys_start_from_one_key_and_read_out_the_max():
+    """decoder.mask_keys: started from a one-key model (vos.checkpoint._more_mask_keys) it decodes as that model
+    did, up to the noise that lets its keys come apart; each object's logit is the max over its keys, so a key
+    matched to a second look of the object raises the logits where that look is and nowhere else."""
+    from vos.checkpoint import _more_mask_keys
+
+    torch.manual_seed(0)
+    plain, keyed = HODOR(tiny_cfg()).eval(), HODOR(tiny_cfg(**{"decoder.mask_keys": 3})).eval()
+    keyed.load_state_dict(_more_mask_keys(plain.state_dict(), 1, 3))
+    w = keyed.desc_proj[2].weight.unflatten(0, (3, -1))
+    assert not torch.equal(w[0], w[1]) and torch.allclose(w[0], plain.desc_proj[2].weight, atol=0.05)
+    f = plain.features(torch.rand(1, 3, 64, 96))
+    desc = torch.randn(1, 2, plain.num_bg + 2, plain.cfg.channels)
+    valid = torch.ones(desc.shape[:3], dtype=torch.bool)
+    with torch.no_grad():
+        a, b = plain.decode(f, desc, valid), keyed.decode(f, desc, valid)
+        assert b.shape == a.shape and (b - a).abs().max() < 0.1 * a.abs().max()
+        # the max over the keys, key by key: each alone (the others' weights copied from it) never decodes above
+        alone = []
+        for k in range(3):
+            one = HODOR(tiny_cfg()).eval()
+            sd = {n: v for n, v in keyed.state_dict().items()}
+            sd["desc_proj.2.weight"], sd["desc_proj.2.bias"] = w[k], keyed.desc_proj[2].bias.unflatten(0, (3, -1))[k]
+            one.load_state_dict(sd)
+            alone.append(one.decode(f, desc, valid))
+        torch.testing.assert_close(b, torch.stack(alone).amax(0), atol=1e-5, rtol=1e-5)
+    with pytest.raises(VosError, match="not a multiple"):
+        _more_mask_keys(keyed.state_dict(), 3, 4)

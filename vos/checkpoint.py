@@ -136,8 +136,26 @@ def init_from(model: HODOR, path: str | Path) -> None:
         fresh += r"|short_term\.given_in\."
     if not theirs_st.get("distance"):
         fresh += r"|short_term\.distance_in\."
-    load_weights(model, state["model"], f"init_from {path}: model does not match this config",
+    weights = _more_mask_keys(state["model"], theirs_decoder.get("mask_keys", 1), model.cfg.decoder.mask_keys)
+    load_weights(model, weights, f"init_from {path}: model does not match this config",
                  may_miss=rf"{BACKBONE}|{fresh}", may_add=block)
+
+
+def _more_mask_keys(weights: dict, theirs: int, ours: int, noise: float = 0.05) -> dict:
+    """A checkpoint read out with `theirs` mask keys per descriptor (decoder.mask_keys) -> `ours` (a multiple):
+    each key repeated, plus Gaussian noise of `noise` x the weights' std so that the copies can come apart in
+    training (the max over exact copies would pass them equal gradients forever). The model starts as it was, but
+    for the max over near copies."""
+    if theirs == ours:
+        return weights
+    if ours % theirs:
+        raise CheckpointError(f"init_from: decoder.mask_keys {ours} is not a multiple of the checkpoint's {theirs}")
+    weights = dict(weights)
+    for name in ("desc_proj.2.weight", "desc_proj.2.bias"):
+        w = weights[name].float()
+        w = w.unflatten(0, (theirs, -1)).repeat_interleave(ours // theirs, 0).flatten(0, 1)
+        weights[name] = w + noise * w.std() * torch.randn_like(w)
+    return weights
 
 
 def training_state(model, optimizer, scheduler, scaler, step: int, cfg: dict) -> dict:

@@ -115,6 +115,11 @@ class DecoderConfig:
     # in this frame at all? Its log-sigmoid is added to the object's logits (a whole-map gate, learned with a binary
     # loss where masks are known; starts as a no-op). Off: today's decoder.
     presence: bool = False
+    # Mask keys per descriptor: each descriptor is read out as this many keys against the pixel embedding and an
+    # object's logit is the max over them (an object of several looks: a rider and his bike, a dancer's top and
+    # skirt; one mean key matches the dominant look and misses the rest). 1: today's decoder. From a 1-key
+    # checkpoint the extra keys start as near copies of its key (vos.checkpoint.init_from): the model unchanged.
+    mask_keys: int = bounded(1, min=1)
 
 
 @dataclass

@@ -207,7 +207,7 @@ class HODOR(nn.Module):
                                      for _ in range(cfg.decoder.layers))
         self.up8 = nn.Conv2d(c, cm, 1)
         self.head = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.GroupNorm(groups_for(cm), cm), nn.ReLU())
-        self.desc_proj = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, cm))
+        self.desc_proj = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, cm * cfg.decoder.mask_keys))
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
         self.anchor_check = AnchorCheck(c) if cfg.decoder.anchor_check else None
         self.presence = Presence(cm) if cfg.decoder.presence else None
@@ -307,14 +307,16 @@ class HODOR(nn.Module):
         """Logits (B, 1 + Qb + I, H/4, W/4) over the padded frame: [catch-all, background cells, objects].
 
         desc (B, T, Q, C): descriptors of T past frames; desc_valid (B, T, Q) bool: False for padded objects
-        and unused frame slots. A logit map is the max over the past frames of descriptor . pixel embedding (plus,
+        and unused frame slots. A logit map is the max over the past frames (and over the descriptor's
+        decoder.mask_keys keys) of key . pixel embedding (plus,
         with decoder.anchor_check, each frame's learned offset against the first valid frame: AnchorCheck).
         """
         return self._decode(feats, desc, desc_valid)[0]
 
     def _decode(self, feats: Features, desc: torch.Tensor,
                 desc_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`decode`, plus the mask embedding (B, Cm, H/4, W/4) and the descriptors' keys (B, T, Q, Cm)."""
+        """`decode`, plus the mask embedding (B, Cm, H/4, W/4) and the descriptors' keys (B, T, Q, Cm; with
+        decoder.mask_keys > 1 the mean of each descriptor's keys)."""
         B, T, Q, C = desc.shape
         x = feats.f8
         h, w = x.shape[-2:]
@@ -325,8 +327,9 @@ class HODOR(nn.Module):
             x = layer(x, pos, flat, is_bg, pad)
         e = F.interpolate(self.up8(x), size=feats.f4.shape[-2:], mode="bilinear", align_corners=False)
         e = self.head(e + feats.f4)
-        k = self.desc_proj(desc)  # (B, T, Q, Cm)
-        logits = torch.einsum("btqc,bchw->btqhw", k, e) / math.sqrt(k.shape[-1])
+        k = self.desc_proj(desc).unflatten(-1, (self.cfg.decoder.mask_keys, -1))  # (B, T, Q, K, Cm)
+        logits = torch.einsum("btqkc,bchw->btqkhw", k, e).amax(3) / math.sqrt(k.shape[-1])
+        k = k.mean(3)
         if self.anchor_check is not None:
             logits = logits + self.anchor_check(desc, desc_valid)[..., None, None].to(logits.dtype)
         logits = logits.masked_fill(~desc_valid[..., None, None], NEG).amax(1)
