@@ -887,3 +887,19 @@ def test_memory_noise_corrupts_what_predicted_frames_leave_to_memory_not_their_l
     assert not torch.allclose(clean.desc(n1), noisy.desc(n1))
     assert not torch.allclose(clean.output(n1).last.masks, noisy.output(n1).last.masks)
     assert not torch.allclose(clean.logits(n2), noisy.logits(n2))
+
+
+def test_mask_keys_start_as_the_one_key_checkpoint_and_train_at_the_fresh_lr(tmp_path):
+    """decoder.mask_keys from a one-key checkpoint: its keys are near copies of the checkpoint's key, and their
+    readout trains in the group of the fresh modules (optim.short_term_lr), the rest at the model's lr."""
+    from vos.train.loop import Trainer
+
+    one = load_checkpoint(train(cfg_for(tmp_path / "a", "optim.steps=1")))["model"]
+    t = Trainer(cfg_for(tmp_path / "b", "optim.steps=1", f"init_from={tmp_path / 'a/checkpoint.pt'}",
+                        "model.decoder.mask_keys=2", "optim.short_term_lr=0.005"))
+    w = t.model.desc_proj[-1].weight.detach().unflatten(0, (2, -1))
+    ref = one["desc_proj.2.weight"].float()
+    assert not torch.equal(w[0], w[1]) and all(torch.allclose(k, ref, atol=0.5 * float(ref.std())) for k in w)
+    fresh = next(g for g in t.opt.param_groups if g["initial_lr"] == 0.005)
+    assert any(p is t.model.desc_proj[-1].weight for p in fresh["params"])
+    assert not any(p is t.model.desc_proj[0].weight for p in fresh["params"])

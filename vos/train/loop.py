@@ -127,6 +127,8 @@ class Trainer:
         # the modules that start as no-ops train at their own peak lr
         fresh = {id(p) for m in (self.model.short_term, self.model.anchor_check, self.model.presence) if m is not None
                  for p in m.parameters()}
+        if cfg.model.decoder.mask_keys > 1:  # and several mask keys, near copies at the start, that must come apart
+            fresh |= {id(p) for p in self.model.desc_proj[-1].parameters()}
         groups = [{"params": [p for p in self.params if id(p) not in fresh]},
                   {"params": [p for p in self.params if id(p) in fresh], "lr": cfg.optim.short_term_lr or cfg.optim.lr}]
         # fused: one kernel for all parameters (on 2 CPU cores 4x faster than the per-parameter loop, ~4 % of an
