@@ -327,9 +327,12 @@ class HODOR(nn.Module):
             x = layer(x, pos, flat, is_bg, pad)
         e = F.interpolate(self.up8(x), size=feats.f4.shape[-2:], mode="bilinear", align_corners=False)
         e = self.head(e + feats.f4)
-        k = self.desc_proj(desc).unflatten(-1, (self.cfg.decoder.mask_keys, -1))  # (B, T, Q, K, Cm)
-        logits = torch.einsum("btqkc,bchw->btqkhw", k, e).amax(3) / math.sqrt(k.shape[-1])
-        k = k.mean(3)
+        K = self.cfg.decoder.mask_keys
+        k = self.desc_proj(desc).unflatten(-1, (K, -1)).flatten(2, 3)  # (B, T, Q * K, Cm)
+        logits = torch.einsum("btnc,bchw->btnhw", k, e) / math.sqrt(k.shape[-1])
+        if K > 1:  # an object's logit: the max over its keys (no copy of the logits for one key)
+            logits = logits.unflatten(2, (Q, K)).amax(3)
+        k = k.unflatten(2, (Q, K)).mean(3)
         if self.anchor_check is not None:
             logits = logits + self.anchor_check(desc, desc_valid)[..., None, None].to(logits.dtype)
         logits = logits.masked_fill(~desc_valid[..., None, None], NEG).amax(1)
