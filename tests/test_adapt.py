@@ -142,17 +142,17 @@ def test_the_loss_ignores_void_pixels():
     from vos.train.cycles import mask_loss
 
     torch.manual_seed(0)
-    logits = torch.randn(1, 3, 8, 8)  # catch-all, one background cell, one object
+    logits = torch.randn(1, 2, 8, 8)  # background, one object
     target = torch.zeros(1, 1, 8, 8)
     target[..., :4] = 1
     void = torch.zeros(1, 8, 8, dtype=torch.bool)
     void[..., 4:] = True
     valid = torch.ones(1, 1, dtype=torch.bool)
-    a = mask_loss(logits, target, valid, 1, void)
+    a = mask_loss(logits, target, valid, void)
     changed = logits.clone()
-    changed[..., 4:] = torch.randn(1, 3, 8, 4) * 5  # only void pixels change
-    torch.testing.assert_close(mask_loss(changed, target, valid, 1, void), a)
-    assert not torch.allclose(mask_loss(changed, target, valid, 1), mask_loss(logits, target, valid, 1))
+    changed[..., 4:] = torch.randn(1, 2, 8, 4) * 5  # only void pixels change
+    torch.testing.assert_close(mask_loss(changed, target, valid, void), a)
+    assert not torch.allclose(mask_loss(changed, target, valid), mask_loss(logits, target, valid))
 
 
 def _parts(s: VideoSession):

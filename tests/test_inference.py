@@ -758,3 +758,33 @@ def test_a_run_of_the_removed_self_read_option_still_loads(tmp_path):
     save_checkpoint(tmp_path / "m.pt", {"model": HODOR(cfg).state_dict(), "config": config})
     (model,) = load_models(tmp_path / "m.pt", torch.device("cpu"))
     assert "self_read" not in model.cfg.decoder
+
+
+def test_the_tracker_outputs_through_the_stride_2_refinement():
+    """decoder.refine: the masks a user gets pass through the refinement (a changed residual changes them), memory
+    does not (the stride-4 probabilities the next frame reads are the same), and the given frame stays exact."""
+    cfg = load_config(ModelConfig, None, TINY + ["decoder.refine=true"])
+    torch.manual_seed(0)
+    model = HODOR(cfg).eval()
+    torch.manual_seed(1)
+    images = torch.rand(3, 3, 64, 96)
+    mask = np.zeros((64, 96), np.float32)
+    mask[20:44, 30:60] = 1
+
+    def track():
+        p = Tracker([model], window=7, locality=0)
+        outs, kept = [], []
+        for t in range(3):
+            outs.append(p.step(images[t], {1: mask} if t == 0 else None)[1])
+            kept.append(p.last.probs)
+        return outs, kept
+
+    with torch.no_grad():
+        plain, plain_kept = track()
+        torch.nn.init.normal_(model.refine.net[-1].weight, std=0.5)
+        refined, refined_kept = track()
+    assert all(o.shape == (2, 64, 96) for o in refined)
+    torch.testing.assert_close(refined[0], plain[0])
+    assert all((a - b).abs().max() > 1e-2 for a, b in zip(refined[1:], plain[1:]))
+    for a, b in zip(refined_kept, plain_kept):
+        torch.testing.assert_close(a, b)

@@ -492,3 +492,46 @@ def test_mask_keys_start_from_one_key_and_read_out_the_max():
         torch.testing.assert_close(b, torch.stack(alone).amax(0), atol=1e-5, rtol=1e-5)
     with pytest.raises(VosError, match="not a multiple"):
         _more_mask_keys(keyed.state_dict(), 3, 4)
+
+
+def test_refine_starts_as_bilinear_and_learns_a_boundary_finer_than_stride_4():
+    """decoder.refine: the stride-2 output starts as the stride-4 logits upsampled x2 (its residual is zero); trained
+    on a thin bar (3 px, like a wheel's rim) whose stride-4 probability is too faint to survive upsampling, it brings
+    the bar back from the stride-2 features; loss and user see the same refinement (softmax of output_logits is
+    output_probs, up to how the background cells merge)."""
+    torch.manual_seed(0)
+    m = HODOR(tiny_cfg(**{"decoder.refine": True}))
+    img = torch.zeros(1, 3, 64, 96)
+    img[..., 21:24] = 1.0  # a bright bar over columns 21-23
+    target = torch.zeros(1, 1, 64, 96)
+    target[..., 21:24] = 1
+    with torch.no_grad():
+        f = m.features(img)
+        p = F.avg_pool2d(m.masks_to_s4(target, f), (1, 3), stride=1, padding=(0, 1))  # 0.25 at most: lost
+        probs = torch.cat([1 - p, p], 1)
+        logits = probs.clamp(min=1e-6).log()
+        up = F.interpolate(logits, size=f.f2.shape[-2:], mode="bilinear", align_corners=False)
+        torch.testing.assert_close(m.refine(logits, probs, f.f2), up)
+
+    def error() -> float:
+        with torch.no_grad():
+            out = m.output_probs(probs, f)[0, 1] > 0.5
+        return (out != target[0, 0].bool()).float().sum().item()
+
+    before = error()
+    assert before >= 3 * 64  # the whole bar missed
+    opt = torch.optim.Adam(m.refine.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        lg = m.upsample(m.refine(logits, probs, f.f2), f)
+        F.cross_entropy(lg, target[:, 0].long()).backward()
+        opt.step()
+    assert error() < 0.5 * before
+    raw = torch.randn(1, 1 + m.num_bg + 1, 16, 24)  # probabilities above the 1e-6 the user side clamps at
+    raw[:, 1:1 + m.num_bg] = -30  # background cells out of play: merging them by max (loss) or sum (user) agrees
+    with torch.no_grad():  # at stride 2 (the last upsampling interpolates logits for the loss, probabilities for the user)
+        a = m.output_logits(raw, f, (32, 48)).softmax(1)
+        b = m.output_probs(logits_to_probs(raw, m.num_bg), f, (32, 48))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="stride-2"):
+        HODOR(tiny_cfg(**{"decoder.refine": True, "backbone": "swin_t"}))

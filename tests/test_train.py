@@ -489,10 +489,9 @@ def test_per_object_scores_show_a_collapse_onto_one_id():
 
     target = torch.zeros(2, 2, 8, 8)
     target[:, 0, :4], target[:, 1, 4:] = 1, 1  # object 1 on top, object 2 below
-    num_bg = 1
-    logits = torch.full((2, 1 + num_bg + 2, 8, 8), -10.0)
-    logits[:, 2] = 10.0  # every pixel predicted as object 1: object 2 has collapsed onto it
-    iou, dice, count = per_object_scores(logits, target, torch.tensor([[True, True], [True, False]]), num_bg)
+    logits = torch.full((2, 1 + 2, 8, 8), -10.0)  # background, two objects
+    logits[:, 1] = 10.0  # every pixel predicted as object 1: object 2 has collapsed onto it
+    iou, dice, count = per_object_scores(logits, target, torch.tensor([[True, True], [True, False]]))
     assert count.tolist() == [2, 1]
     assert iou.tolist() == pytest.approx([2 * 0.5, 0.0])  # object 1: half of what it claims; object 2: nothing
     assert dice[1] / count[1] > 0.9 and dice[0] / count[0] < 0.5
@@ -903,3 +902,21 @@ def test_mask_keys_start_as_the_one_key_checkpoint_and_train_at_the_fresh_lr(tmp
     fresh = next(g for g in t.opt.param_groups if g["initial_lr"] == 0.005)
     assert any(p is t.model.desc_proj[-1].weight for p in fresh["params"])
     assert not any(p is t.model.desc_proj[0].weight for p in fresh["params"])
+
+
+def test_refine_starts_fresh_from_a_checkpoint_without_it_and_trains_at_the_fresh_lr(tmp_path):
+    """decoder.refine from a checkpoint without it: every other weight is the checkpoint's, the refinement starts as
+    a no-op (its last conv zero) and trains in the fresh modules' group, where a training step moves it."""
+    from vos.train.loop import Trainer
+
+    plain = load_checkpoint(train(cfg_for(tmp_path / "a", "optim.steps=1")))["model"]
+    t = Trainer(cfg_for(tmp_path / "b", "optim.steps=1", f"init_from={tmp_path / 'a/checkpoint.pt'}",
+                        "model.decoder.refine=true", "optim.short_term_lr=0.005"))
+    sd = t.model.state_dict()
+    assert all(torch.equal(sd[k].float(), v.float()) for k, v in plain.items())
+    assert not t.model.refine.net[-1].weight.any()
+    fresh = next(g for g in t.opt.param_groups if g["initial_lr"] == 0.005)
+    assert {id(p) for p in t.model.refine.parameters()} == {id(p) for p in fresh["params"]}
+    refined = load_checkpoint(train(cfg_for(tmp_path / "c", "optim.steps=2", f"init_from={tmp_path / 'a/checkpoint.pt'}",
+                                            "model.decoder.refine=true", "optim.short_term_lr=0.005")))["model"]
+    assert refined["refine.net.2.weight"].abs().sum() > 0

@@ -109,8 +109,8 @@ def _has_backbone(weights: dict) -> bool:
 def init_from(model: HODOR, path: str | Path) -> None:
     """Start a run from another checkpoint's weights; "FILE.pt#K": member K of a checkpoint of several models.
     A frozen backbone may be absent from it; a different decoder.pixel_block starts fresh (only that block), and so
-    do a short-term path (or its given-frame read) and a decoder anchor check the source lacks (both start as
-    no-ops: vos.model.short_term, vos.model.hodor.AnchorCheck)."""
+    do a short-term path (or its given-frame read), a decoder anchor check and a stride-2 refinement the source lacks
+    (all start as no-ops: vos.model.short_term, vos.model.hodor.AnchorCheck, vos.model.hodor.Refine)."""
     path, _, member = str(path).partition("#")
     state = load_checkpoint(path)
     if "members" in state:
@@ -130,6 +130,8 @@ def init_from(model: HODOR, path: str | Path) -> None:
         fresh += r"|anchor_check\."
     if not theirs_decoder.get("presence"):
         fresh += r"|presence\."
+    if not theirs_decoder.get("refine"):
+        fresh += r"|refine\."
     if not theirs_st.get("radius"):
         fresh += r"|short_term\."
     if not theirs_st.get("given_topk"):

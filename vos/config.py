@@ -120,6 +120,10 @@ class DecoderConfig:
     # skirt; one mean key matches the dominant look and misses the rest). 1: today's decoder. From a 1-key
     # checkpoint the extra keys start as near copies of its key (vos.checkpoint.init_from): the model unchanged.
     mask_keys: int = bounded(1, min=1)
+    # Output at stride 2: each object's stride-4 logits upsampled x2 plus a learned residual from its upsampled
+    # probability and the backbone's stride-2 features (edges; vos.model.hodor.Refine, zero-initialised: starts as
+    # bilinear upsampling). What the loss and the user see; memory keeps reading stride 4. Off: today's output.
+    refine: bool = False
 
 
 @dataclass
@@ -274,7 +278,7 @@ class OptimConfig:
     # anchor check (0 = lr); fine-tuned into a trained model at the model's lr, the path stays a no-op (offsets
     # <= 0.2 logits after 800 steps: RESULTS.md), and so did the check (offsets < 0.005 after 150 steps); also the
     # readout of decoder.mask_keys > 1 (its keys start as near copies: at the model's lr they stayed copies, cosine
-    # 0.9996 after 200 steps)
+    # 0.9996 after 200 steps), and the stride-2 refinement (decoder.refine)
     short_term_lr: float = bounded(0.0, min=0)
     max_nonfinite: int = bounded(10, min=1)  # stop after this many non-finite losses in a row
 

@@ -183,7 +183,7 @@ class Tracker:
         self.last = StepOutput(decoded[0][0] if len(models) == 1 else None, probs, committed[0][1],
                                presence=decoded[0][2] if len(models) == 1 else None)
         self.frame_index += 1
-        probs = models[0].upsample(probs, feats[0], out_size)
+        probs = models[0].output_probs(probs, feats[0], out_size)
         if full is not None and tuple(full.shape[-2:]) == out_size:  # the given masks, exactly, at their own size
             probs = force_masks(probs, full, given_valid)
         return ids, probs[0].float()

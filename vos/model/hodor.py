@@ -13,7 +13,7 @@ The one per-frame step, shared by training (vos.train.cycles) and inference (vos
     out.probs   # (B, 1 + I, H/4, W/4) probabilities after the given masks are forced in
     out.desc    # (B, Qb + I, C) this frame's descriptors, re-encoded from out.probs
     out.last    # what the next frame's short-term path reads (None without one): pass it as step(..., last=)
-    model.upsample(out.probs, feats, (H', W'))          # stride 4 -> any output size, once
+    model.output_probs(out.probs, feats, (H', W'))      # stride 4 -> (decoder.refine: stride 2 ->) any size, once
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class Features:
     f8: torch.Tensor  # (N, C, H/8, W/8) attention features
     size: tuple[int, int]  # (H, W) of the unpadded input
     key: torch.Tensor | None = None  # (N, Ck, H/16, W/16) short-term path keys (None without the path)
+    f2: torch.Tensor | None = None  # (N, C2, H/2, W/2) the backbone's stride-2 map (decoder.refine only)
 
 
 def sine_position(h: int, w: int, dim: int, device, dtype) -> torch.Tensor:
@@ -187,6 +188,33 @@ class Presence(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+class Refine(nn.Module):
+    """Objects' logits from stride 4 to stride 2 (decoder.refine): bilinear x2, plus for each object a residual
+    computed from its upsampled probability and the backbone's stride-2 features, so that a boundary can follow an
+    edge the stride-4 map cannot place (a wheel's rim, a shadow's border). The residual's last conv starts at zero:
+    the output starts as bilinear upsampling."""
+
+    def __init__(self, c2: int, hidden: int = 16):
+        super().__init__()
+        self.proj = nn.Conv2d(c2, hidden, 1)
+        self.net = nn.Sequential(nn.Conv2d(hidden + 1, hidden, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(hidden, 1, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, logits: torch.Tensor, probs: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+        """logits (B, 1 + I, h, w): background then objects, any logits whose softmax is probs (B, 1 + I, h, w);
+        f2 (B, C2, 2h, 2w) -> logits (B, 1 + I, 2h, 2w)."""
+        size = f2.shape[-2:]
+        up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        p = F.interpolate(probs[:, 1:].to(f2.dtype), size=size, mode="bilinear", align_corners=False)
+        B, I = p.shape[:2]
+        f = self.proj(f2)
+        x = torch.cat([f[:, None].expand(-1, I, -1, -1, -1), p[:, :, None]], 2).flatten(0, 1)
+        delta = self.net(x).view(B, I, *size)
+        return torch.cat([up[:, :1], up[:, 1:] + delta.to(up.dtype)], 1)
+
+
 class HODOR(nn.Module):
     def __init__(self, cfg):
         """cfg: a ModelConfig (see vos.config) or any object with the same attributes."""
@@ -211,6 +239,12 @@ class HODOR(nn.Module):
         self.catch_all = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), nn.ReLU(), nn.Conv2d(cm, 1, 1))
         self.anchor_check = AnchorCheck(c) if cfg.decoder.anchor_check else None
         self.presence = Presence(cm) if cfg.decoder.presence else None
+        self.refine = None
+        if cfg.decoder.refine:
+            if self.backbone.channels2 is None:
+                raise ValueError(f"model.decoder.refine needs a backbone with a stride-2 map; {cfg.backbone} has none: "
+                                 "use lite0 or a resnet, or set model.decoder.refine=false")
+            self.refine = Refine(self.backbone.channels2)
         st = cfg.short_term
         self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk,
                                         stride=st.stride, distance=st.distance) if st.radius else None
@@ -248,8 +282,10 @@ class HODOR(nn.Module):
         H, W = images.shape[-2:]
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         # channels-last: oneDNN's convolutions are faster in it on the CPU (both directions), harmless on CUDA
-        f4, f8 = self.fpn(self.backbone(pad_to_stride(x).contiguous(memory_format=torch.channels_last)))
-        return Features(f4, f8, (H, W), self.short_term.keys(f8) if self.short_term else None)
+        f2, *rest = self.backbone(pad_to_stride(x).contiguous(memory_format=torch.channels_last))
+        f4, f8 = self.fpn(rest)
+        return Features(f4, f8, (H, W), self.short_term.keys(f8) if self.short_term else None,
+                        f2 if self.refine is not None else None)
 
     # ------------------------------------------------------------------------------------------- encoder
     def masks_to_s4(self, masks: torch.Tensor, feats: Features) -> torch.Tensor:
@@ -427,13 +463,28 @@ class HODOR(nn.Module):
                 "heads": [p for p in params if id(p) not in early | features]}
 
     def upsample(self, x: torch.Tensor, feats: Features, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """A stride-4 map over the padded frame (B, K, H/4, W/4) -> the unpadded frame at `size` (default: the
+        """A map over the padded frame at stride 4 or 2 (B, K, h, w) -> the unpadded frame at `size` (default: the
         input size), in one bilinear interpolation."""
         H, W = feats.size
         oh, ow = size or (H, W)
-        h4, w4 = x.shape[-2:]
+        h4, w4 = feats.f4.shape[-2:]
         full = (round(4 * h4 * oh / H), round(4 * w4 * ow / W))  # the padded frame at the output scale
         return F.interpolate(x, size=full, mode="bilinear", align_corners=False)[..., :oh, :ow]
+
+    def output_logits(self, logits: torch.Tensor, feats: Features, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """What the loss sees: `StepOutput.logits` (B, 1 + Qb + I, H/4, W/4) -> logits (B, 1 + I) at `size`, the
+        background merged by max (`merged_logits`); with decoder.refine through the stride-2 refinement."""
+        if self.refine is None:
+            return merged_logits(self.upsample(logits, feats, size), self.num_bg)
+        refined = self.refine(merged_logits(logits, self.num_bg), logits_to_probs(logits, self.num_bg), feats.f2)
+        return self.upsample(refined, feats, size)
+
+    def output_probs(self, probs: torch.Tensor, feats: Features, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """What the user sees: stride-4 probabilities (B, 1 + I, H/4, W/4) -> probabilities at `size`, through the
+        same refinement as `output_logits` with decoder.refine."""
+        if self.refine is not None:
+            probs = self.refine(probs.clamp(min=1e-6).log(), probs, feats.f2).float().softmax(1)
+        return self.upsample(probs, feats, size)
 
 
 def force_masks(probs: torch.Tensor, given: torch.Tensor, given_valid: torch.Tensor | None = None) -> torch.Tensor:

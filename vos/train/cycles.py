@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vos.model import Features, StepOutput, merged_logits, probs_to_labels
+from vos.model import Features, StepOutput, probs_to_labels
 
 GT = "0"
 WINDOW = 7  # at most this many recent frames a chain node reads (four-frame clips: 2-3; inference: InferConfig.window)
@@ -148,10 +148,11 @@ def presence_loss(presence: torch.Tensor, present: torch.Tensor, valid: torch.Te
 
 
 @torch.no_grad()
-def per_object_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, num_bg: int):
+def per_object_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
     """Sums over the batch of each object slot's IoU (prediction = argmax) and Dice loss, and how many samples
-    hold that slot: three (K,) tensors. Logged per object, so that a collapse onto one id shows."""
-    merged = merged_logits(logits, num_bg).float()
+    hold that slot: three (K,) tensors, from logits (B, 1 + K, H, W) (background merged). Logged per object, so
+    that a collapse onto one id shows."""
+    merged = logits.float()
     pred = F.one_hot(probs_to_labels(merged), merged.shape[1]).permute(0, 3, 1, 2)[:, 1:].bool()
     gt = target > 0.5
     inter, union = (pred & gt).flatten(2).sum(-1), (pred | gt).flatten(2).sum(-1)
@@ -162,11 +163,11 @@ def per_object_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.T
     return (iou * v).sum(0), (dice * v).sum(0), v.sum(0)
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, num_bg: int,
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
               void: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy + Dice at full resolution. logits (B, 1 + Qb + K, H, W); target (B, K, H, W) one-hot; void
-    (B, H, W) bool: pixels whose label is unknown, left out of both terms."""
-    merged = merged_logits(logits, num_bg).float()
+    """Cross-entropy + Dice at full resolution. logits (B, 1 + K, H, W) (background merged: `merged_logits`);
+    target (B, K, H, W) one-hot; void (B, H, W) bool: pixels whose label is unknown, left out of both terms."""
+    merged = logits.float()
     labels = torch.where(target.sum(1) > 0, probs_to_labels(target) + 1, torch.zeros_like(target[:, 0], dtype=torch.long))
     probs = merged.softmax(1)[:, 1:]
     if void is not None:
@@ -224,8 +225,8 @@ def split_features(model: nn.Module, images: torch.Tensor) -> list[Features]:
     B, T, _, H, W = images.shape
     f = model.features(images.flatten(0, 1))
     per_frame = lambda x: None if x is None else x.view(B, T, *x.shape[1:]).unbind(1)  # noqa: E731
-    f4, f8, key = per_frame(f.f4), per_frame(f.f8), per_frame(f.key) or [None] * T
-    return [Features(f4[t], f8[t], (H, W), key[t]) for t in range(T)]
+    f4, f8, key, f2 = (per_frame(x) or [None] * T for x in (f.f4, f.f8, f.key, f.f2))
+    return [Features(f4[t], f8[t], (H, W), key[t], f2[t]) for t in range(T)]
 
 
 class CycleModel(nn.Module):
@@ -238,7 +239,8 @@ class CycleModel(nn.Module):
         self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-        """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path, and
+        """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path (background
+        merged), and
         "per_object": (3, K) sums over paths and clips of each object slot's IoU and Dice loss, and counts)."""
         m = self.model
         images, masks, valid, has = batch["images"], batch["masks"], batch["valid"], batch["has_mask"]
@@ -260,21 +262,21 @@ class CycleModel(nn.Module):
             frames = sorted(set().union(*(node_frames(s) for s in path[0])))
             in_path = present[:, frames].any(1) & valid  # objects absent from every source frame -> background
             tgt = masks[:, target] * in_path[:, :, None, None]
-            lg = m.upsample(graph.logits(path), feats[target], (H, W))
+            lg = m.output_logits(graph.logits(path), feats[target], (H, W))
             # clips without a mask at this frame are left out as void, not indexed out: indexing the full-size
             # logits (and its backward) cost ~10 % of a training step
             void = ~sup[:, None, None].expand(-1, H, W)
             if "void" in batch:
                 void = void | batch["void"][:, target]
             sup_valid = valid & sup[:, None]
-            loss = mask_loss(lg, tgt, sup_valid, m.num_bg, void)
+            loss = mask_loss(lg, tgt, sup_valid, void)
             presence = graph.output(path).presence
             if presence is not None:
                 loss = loss + PRESENCE_WEIGHT * presence_loss(presence, tgt.flatten(2).amax(-1) > 0, sup_valid,
                                                                 self.presence_balanced)
             losses[name_of(path)] = loss
             outputs[name_of(path)] = lg.detach()
-            scores += torch.stack(per_object_scores(lg, tgt, sup_valid, m.num_bg))
+            scores += torch.stack(per_object_scores(lg, tgt, sup_valid))
         total = sum(losses.values()) / len(losses)
         outputs["per_object"] = scores
         return total, losses, outputs

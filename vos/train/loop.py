@@ -22,7 +22,7 @@ from tqdm import tqdm
 from vos.checkpoint import init_from, load_checkpoint, restore_training, save_checkpoint, training_state
 from vos.config import TrainConfig, Trainable, config_from_dict, save_config, to_dict
 from vos.data.clips import ClipDataset, MixtureSampler
-from vos.model import HODOR, merged_logits, probs_to_labels
+from vos.model import HODOR, probs_to_labels
 from vos.train.cycles import CycleModel
 from vos.utils import VosError
 from vos.utils.device import amp_dtype, pick_device
@@ -74,12 +74,12 @@ class _StopFlag:
             signal.signal(sig, h)
 
 
-def _overlay_images(batch: dict, outputs: dict, num_bg: int, n: int = 2) -> list:
+def _overlay_images(batch: dict, outputs: dict, n: int = 2) -> list:
     import wandb
 
     name = next(k for k in outputs if k != "per_object")
     lg = outputs[name]
-    pred = probs_to_labels(merged_logits(lg, num_bg))
+    pred = probs_to_labels(lg)
     target = int(name.rsplit(">", 1)[1]) if ">" in name else 0
     images = []
     for b in range(min(n, lg.shape[0])):
@@ -125,8 +125,8 @@ class Trainer:
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # the modules that start as no-ops train at their own peak lr
-        fresh = {id(p) for m in (self.model.short_term, self.model.anchor_check, self.model.presence) if m is not None
-                 for p in m.parameters()}
+        new = (self.model.short_term, self.model.anchor_check, self.model.presence, self.model.refine)
+        fresh = {id(p) for m in new if m is not None for p in m.parameters()}
         if cfg.model.decoder.mask_keys > 1:  # and several mask keys, near copies at the start, that must come apart
             fresh |= {id(p) for p in self.model.desc_proj[-1].parameters()}
         groups = [{"params": [p for p in self.params if id(p) not in fresh]},
@@ -224,7 +224,7 @@ class Trainer:
         bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{logs['lr']:.2e}")
         if self.run is not None:
             if self.cfg.log.image_every and self.step % self.cfg.log.image_every == 0:
-                logs["overlays"] = _overlay_images(batch, outputs, self.model.num_bg)
+                logs["overlays"] = _overlay_images(batch, outputs)
             self.run.log(logs, step=self.step)
 
     def validate(self) -> dict[str, float]:
