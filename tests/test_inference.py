@@ -760,9 +760,11 @@ def test_a_run_of_the_removed_self_read_option_still_loads(tmp_path):
     assert "self_read" not in model.cfg.decoder
 
 
-def test_the_tracker_outputs_through_the_stride_2_refinement():
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_the_tracker_outputs_through_the_stride_2_refinement(dtype):
     """decoder.refine: the masks a user gets pass through the refinement (a changed residual changes them), memory
-    does not (the stride-4 probabilities the next frame reads are the same), and the given frame stays exact."""
+    does not (the stride-4 probabilities the next frame reads are the same), and the given frame stays exact; in
+    fp32 and with bf16 forward passes (features in bf16, the refinement outside the autocast block)."""
     cfg = load_config(ModelConfig, None, TINY + ["decoder.refine=true"])
     torch.manual_seed(0)
     model = HODOR(cfg).eval()
@@ -772,7 +774,7 @@ def test_the_tracker_outputs_through_the_stride_2_refinement():
     mask[20:44, 30:60] = 1
 
     def track():
-        p = Tracker([model], window=7, locality=0)
+        p = Tracker([model], window=7, locality=0, dtype=dtype)
         outs, kept = [], []
         for t in range(3):
             outs.append(p.step(images[t], {1: mask} if t == 0 else None)[1])

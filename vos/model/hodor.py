@@ -210,6 +210,7 @@ class Refine(nn.Module):
         """logits (B, 1 + I, h, w): background then objects, any logits whose softmax is probs (B, 1 + I, h, w);
         f2 (B, C2, 2h, 2w) -> logits (B, 1 + I, 2h, 2w)."""
         size = f2.shape[-2:]
+        f2 = f2.to(self.proj.weight.dtype)  # bf16 features from an autocast pass, refined outside it (the Tracker)
         up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         p = F.interpolate(probs[:, 1:].to(f2.dtype), size=size, mode="bilinear", align_corners=False)
         B, I = p.shape[:2]
