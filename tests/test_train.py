@@ -920,3 +920,28 @@ def test_refine_starts_fresh_from_a_checkpoint_without_it_and_trains_at_the_fres
     refined = load_checkpoint(train(cfg_for(tmp_path / "c", "optim.steps=2", f"init_from={tmp_path / 'a/checkpoint.pt'}",
                                             "model.decoder.refine=true", "optim.short_term_lr=0.005")))["model"]
     assert refined["refine.net.2.weight"].abs().sum() > 0
+
+
+def test_bootstrapped_ce_averages_each_image_s_hardest_known_pixels():
+    import torch.nn.functional as F
+
+    from vos.train.cycles import hard_share, mask_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=g) * 3
+    target = torch.zeros(2, 2, 8, 8)
+    target[:, 0, :3], target[:, 1, 5:] = 1, 1
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    void = torch.zeros(2, 8, 8, dtype=torch.bool)
+    void[1, :, :4] = True  # image 1 knows 32 pixels of 64
+    torch.testing.assert_close(mask_loss(logits, target, valid, void, hard=1.0), mask_loss(logits, target, valid, void))
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, :3], labels[:, 5:] = 1, 2
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    top0 = ce[0].flatten().topk(16).values  # a quarter of image 0's 64 known pixels
+    top1 = ce[1][~void[1]].topk(8).values  # a quarter of image 1's 32: void pixels are never picked
+    dice = mask_loss(logits, target, valid, void) - F.cross_entropy(logits, labels.masked_fill(void, -100))
+    expected = torch.cat([top0, top1]).mean() + dice
+    torch.testing.assert_close(mask_loss(logits, target, valid, void, hard=0.25), expected)
+    assert mask_loss(logits, target, valid, void, hard=0.25) > mask_loss(logits, target, valid, void)
+    assert [hard_share(i, 0.2, 100) for i in (0, 50, 100, 400)] == pytest.approx([1.0, 0.6, 0.2, 0.2])

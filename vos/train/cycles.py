@@ -164,9 +164,12 @@ def per_object_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.T
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
-              void: torch.Tensor | None = None) -> torch.Tensor:
+              void: torch.Tensor | None = None, hard: float = 1.0) -> torch.Tensor:
     """Cross-entropy + Dice at full resolution. logits (B, 1 + K, H, W) (background merged: `merged_logits`);
-    target (B, K, H, W) one-hot; void (B, H, W) bool: pixels whose label is unknown, left out of both terms."""
+    target (B, K, H, W) one-hot; void (B, H, W) bool: pixels whose label is unknown, left out of both terms.
+    hard < 1: the cross-entropy is the mean over each image's `hard` share of its known pixels with the highest
+    cross-entropy (bootstrapped CE, as STCN / XMem / Cutie train): the easy background stops diluting the few pixels
+    where a mask spills onto a look-alike or misses a part."""
     merged = logits.float()
     labels = torch.where(target.sum(1) > 0, probs_to_labels(target) + 1, torch.zeros_like(target[:, 0], dtype=torch.long))
     probs = merged.softmax(1)[:, 1:]
@@ -174,8 +177,24 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
         labels = labels.masked_fill(void, -100)  # F.cross_entropy's ignore_index
         known = (~void)[:, None].to(probs.dtype)
         probs, target = probs * known, target * known
-    ce = F.cross_entropy(merged, labels)
+    ce = F.cross_entropy(merged, labels) if hard >= 1 else hardest_mean(F.cross_entropy(
+        merged, labels, reduction="none").flatten(1), labels.flatten(1) >= 0, hard)
     return ce + dice_loss(probs, target, valid.float())
+
+
+def hardest_mean(loss: torch.Tensor, known: torch.Tensor, share: float) -> torch.Tensor:
+    """loss, known (B, N): the mean over every row's ceil(share * its known count) highest known values, all rows
+    together (by sorting: no host sync)."""
+    ranked = loss.masked_fill(~known, -1.0).sort(1, descending=True).values
+    k = (known.sum(1, keepdim=True) * share).ceil()
+    keep = torch.arange(loss.shape[1], device=loss.device) < k
+    return (ranked * keep).sum() / k.sum().clamp(min=1)
+
+
+def hard_share(iteration: int, share: float, ramp: int) -> float:
+    """The hard-pixel share of bootstrapped CE at an iteration: all pixels (1) at the start, down linearly to `share`
+    over the first `ramp` iterations (STCN's schedule, shortened to a fine-tune)."""
+    return 1.0 - (1.0 - share) * min(1.0, iteration / max(ramp, 1))
 
 
 class CycleGraph:
@@ -233,10 +252,13 @@ class CycleModel(nn.Module):
     """Wraps HODOR so that one forward() computes all cycle losses of a batch (what DDP needs to wrap)."""
 
     def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False,
-                 memory_noise: float = 0.0):
+                 memory_noise: float = 0.0, hard_pixels: float = 1.0, hard_ramp: int = 0):
+        """hard_pixels, hard_ramp: bootstrapped CE (mask_loss's `hard`), all pixels at iteration 0 down to
+        `hard_pixels` at iteration `hard_ramp` (hard_share)."""
         super().__init__()
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
         self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
+        self.hard_pixels, self.hard_ramp = hard_pixels, hard_ramp
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path (background
@@ -253,6 +275,7 @@ class CycleModel(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         outputs = {}
         K = valid.shape[1]
+        hard = hard_share(iteration, self.hard_pixels, self.hard_ramp)
         scores = torch.zeros(3, K, device=valid.device)  # per object slot: IoU sum, Dice-loss sum, count
         for path in paths:
             target = path[1]
@@ -269,7 +292,7 @@ class CycleModel(nn.Module):
             if "void" in batch:
                 void = void | batch["void"][:, target]
             sup_valid = valid & sup[:, None]
-            loss = mask_loss(lg, tgt, sup_valid, void)
+            loss = mask_loss(lg, tgt, sup_valid, void, hard)
             presence = graph.output(path).presence
             if presence is not None:
                 loss = loss + PRESENCE_WEIGHT * presence_loss(presence, tgt.flatten(2).amax(-1) > 0, sup_valid,

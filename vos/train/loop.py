@@ -119,7 +119,8 @@ class Trainer:
             for p in groups[name]:
                 p.requires_grad_(False)
         self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles,
-                                cfg.cycles.presence_balanced, cfg.cycles.memory_noise).to(self.device)
+                                cfg.cycles.presence_balanced, cfg.cycles.memory_noise, cfg.cycles.hard_pixels,
+                                cfg.optim.steps // 2).to(self.device)
         if self.world > 1:
             self.cycle = torch.nn.parallel.DistributedDataParallel(
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
