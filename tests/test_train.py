@@ -13,7 +13,7 @@ import torch
 from vos.config import TrainConfig, load_config
 from vos.data.clips import ClipDataset, MixtureSampler
 from vos.model import HODOR
-from vos.train.cycles import CycleModel, cycle_paths, name_of
+from vos.train.cycles import GT as GT_NODE, CycleModel, cycle_paths, name_of
 from vos.train.loop import train
 from vos.utils import VosError
 from vos.checkpoint import CheckpointError, load_checkpoint
@@ -945,3 +945,31 @@ def test_bootstrapped_ce_averages_each_image_s_hardest_known_pixels():
     torch.testing.assert_close(mask_loss(logits, target, valid, void, hard=0.25), expected)
     assert mask_loss(logits, target, valid, void, hard=0.25) > mask_loss(logits, target, valid, void)
     assert [hard_share(i, 0.2, 100) for i in (0, 50, 100, 400)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+
+
+def test_appearance_loss_supervises_the_logits_of_the_descriptors_alone(tmp_path):
+    from vos.train.cycles import CycleGraph, split_features
+
+    cfg = cfg_for(tmp_path, "model.short_term.radius=2")
+    torch.manual_seed(0)
+    model = HODOR(cfg.model).eval()
+    with torch.no_grad():  # the path's last layer starts at zero: make its offsets move the logits
+        for p in model.short_term.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    batch = _batch(cfg)
+    with torch.no_grad():
+        feats = split_features(model, batch["images"])
+        g = CycleGraph(model, feats, batch["masks"], batch["valid"], detach_masks=False)
+        n1 = ((GT_NODE,), 1)
+        out = g.output(n1)
+        K = batch["valid"].shape[1]
+        memory_valid = torch.ones(2, 1, model.num_bg + K, dtype=torch.bool)
+        alone = model.predict(feats[1], g.desc(GT_NODE)[:, None], memory_valid, K)[0]  # no `last`: no path
+    torch.testing.assert_close(out.appearance, alone)
+    assert (out.logits - out.appearance).abs().max() > 1e-2
+    losses = []
+    for weight in (0.0, 0.5):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            losses.append(CycleModel(model, False, True, appearance_loss=weight)(batch, 0)[0])
+    assert losses[1] > losses[0] + 0.1  # a second mask loss (>= ~0.5 x CE of an untrained decode) is added

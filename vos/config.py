@@ -296,6 +296,9 @@ class CycleConfig:
     # bootstrapped CE (STCN / XMem / Cutie): the cross-entropy over each image's hardest share of pixels, from all
     # pixels at the start down linearly to this share at half of optim.steps (1 = plain CE over all pixels)
     hard_pixels: float = bounded(1.0, above=0.0, max=1.0)
+    # weight of a second mask loss on the logits decoded from the descriptors alone (before the short-term path's
+    # offsets): descriptors that keep two look-alike objects apart by themselves (0 = off)
+    appearance_loss: float = bounded(0.0, min=0.0)
 
 
 @dataclass

@@ -164,7 +164,7 @@ class Tracker:
                        for m, f, mem, last, given_frame in zip(
                            models, feats, self.memories, self.lasts,
                            (LastFrame.concat(g + list(p), n) for g, p in zip(self.given_frames, self.pixel_memory)))]
-            probs = torch.stack([p for _, p, _ in decoded]).mean(0) if len(models) > 1 else decoded[0][1]
+            probs = torch.stack([d[1] for d in decoded]).mean(0) if len(models) > 1 else decoded[0][1]
             probs = self.locality(probs, ids)
             committed = [m.commit(f, probs, given, given_valid) for m, f in zip(models, feats)]
         for mem, (_, desc) in zip(self.memories, committed):

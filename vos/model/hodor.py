@@ -48,6 +48,9 @@ class StepOutput:
     desc: torch.Tensor | None  # (B, Qb + I, C); None if step(encode=False)
     last: LastFrame | None = None  # this frame for the next one's short-term path (None without the path)
     presence: torch.Tensor | None = None  # (B, I) presence logits (decoder.presence; None: off, or no memory)
+    # (B, 1 + Qb + I, h4, w4) the logits decoded from the descriptors alone, before the short-term path's offsets and
+    # the presence gate (what training's cycles.appearance_loss supervises); None = no memory
+    appearance: torch.Tensor | None = None
 
 
 @dataclass
@@ -381,9 +384,10 @@ class HODOR(nn.Module):
 
     def predict(self, feats: Features, memory: torch.Tensor | None, memory_valid: torch.Tensor | None,
                 num_objects: int, last: LastFrame | None = None,
-                given_frame: LastFrame | None = None) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        """The first half of `step`: (logits, probabilities (B, 1 + I, H/4, W/4), presence logits (B, I) or None)
-        decoded from past descriptors.
+                given_frame: LastFrame | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The first half of `step`: (logits, probabilities (B, 1 + I, H/4, W/4), presence logits (B, I) or None,
+        the logits from the descriptors alone or None: `StepOutput.appearance`) decoded from past descriptors.
 
         memory (B, T, Q, C), memory_valid (B, T, Q): descriptors of past frames. None: nothing to decode from (e.g.
         the first annotated frame): logits None and every pixel background. last: the previous frame's
@@ -393,8 +397,9 @@ class HODOR(nn.Module):
         if memory is None:
             probs = torch.zeros(feats.f8.shape[0], 1 + num_objects, *feats.f4.shape[-2:], device=feats.f8.device)
             probs[:, 0] = 1
-            return None, probs, None
+            return None, probs, None, None
         logits, emb, keys = self._decode(feats, memory, memory_valid)
+        appearance = logits
         k = 1 + self.num_bg
         if self.short_term is not None and last is not None:
             off = self.short_term(feats.key, last, num_objects, given_frame)
@@ -406,7 +411,7 @@ class HODOR(nn.Module):
             presence = self.presence(logits[:, k:], emb, anchor)
             gate = F.logsigmoid(presence)[..., None, None].to(logits.dtype)
             logits = torch.cat([logits[:, :k], logits[:, k:] + gate], 1)
-        return logits, logits_to_probs(logits, self.num_bg), presence
+        return logits, logits_to_probs(logits, self.num_bg), presence, appearance
 
     def remember(self, feats: Features, probs: torch.Tensor) -> LastFrame | None:
         """What this frame leaves for the next one's short-term path: its keys and final probabilities (B, 1 + I,
@@ -452,9 +457,9 @@ class HODOR(nn.Module):
             `vos.train.cycles.corrupt_masks`.
         """
         num_objects = given.shape[1] if given is not None else memory.shape[2] - self.num_bg
-        logits, probs, presence = self.predict(feats, memory, memory_valid, num_objects, last, given_frame)
+        logits, probs, presence, appearance = self.predict(feats, memory, memory_valid, num_objects, last, given_frame)
         probs, desc = self.commit(feats, probs, given, given_valid, valid, detach_probs, encode, perturb)
-        return StepOutput(logits, probs, desc, self.remember(feats, probs), presence)
+        return StepOutput(logits, probs, desc, self.remember(feats, probs), presence, appearance)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Three disjoint groups, from the most generic to the most task-specific: "early": the backbone's stages up

@@ -252,13 +252,15 @@ class CycleModel(nn.Module):
     """Wraps HODOR so that one forward() computes all cycle losses of a batch (what DDP needs to wrap)."""
 
     def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False,
-                 memory_noise: float = 0.0, hard_pixels: float = 1.0, hard_ramp: int = 0):
+                 memory_noise: float = 0.0, hard_pixels: float = 1.0, hard_ramp: int = 0, appearance_loss: float = 0.0):
         """hard_pixels, hard_ramp: bootstrapped CE (mask_loss's `hard`), all pixels at iteration 0 down to
-        `hard_pixels` at iteration `hard_ramp` (hard_share)."""
+        `hard_pixels` at iteration `hard_ramp` (hard_share). appearance_loss: weight of a second mask loss on every
+        supervised path's logits from the descriptors alone (`StepOutput.appearance`), so that the descriptors keep
+        objects apart by themselves and not only with the short-term path's offsets."""
         super().__init__()
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
         self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
-        self.hard_pixels, self.hard_ramp = hard_pixels, hard_ramp
+        self.hard_pixels, self.hard_ramp, self.appearance_loss = hard_pixels, hard_ramp, appearance_loss
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path (background
@@ -293,6 +295,10 @@ class CycleModel(nn.Module):
                 void = void | batch["void"][:, target]
             sup_valid = valid & sup[:, None]
             loss = mask_loss(lg, tgt, sup_valid, void, hard)
+            appearance = graph.output(path).appearance
+            if self.appearance_loss > 0 and appearance is not None:
+                alone = m.output_logits(appearance, feats[target], (H, W))
+                loss = loss + self.appearance_loss * mask_loss(alone, tgt, sup_valid, void, hard)
             presence = graph.output(path).presence
             if presence is not None:
                 loss = loss + PRESENCE_WEIGHT * presence_loss(presence, tgt.flatten(2).amax(-1) > 0, sup_valid,

@@ -1,0 +1,70 @@
+"""Who decides the rider's id in the crossing composite (bmx-bumps+swing+rhino), frame by frame.
+
+    python results/crossing_logits.py [RUN] [--pil]     (RUN: a run under runs/, default mnoise)
+
+Runs the Tracker as `python -m vos.experiment composites_RUN` does (fp32 here; frames read by vos.data.video at short
+side 288, cv2 area resize; --pil: PIL bilinear resize instead) and prints, inside the rider's (object 1) and the swing
+girl's (object 2) true pixels at stride 4: the mean logits of objects 1 / 2 decoded from the descriptors alone, the
+short-term path's mean offsets for 1 / 2 (vos.model.short_term: the local carry and the given-frame read), and the
+mean final probabilities. Needs data/val10-composites (python -m vos.data.composites) and runs/RUN.
+"""
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vos.checkpoint import load_models
+from vos.data.video import open_frames
+from vos.inference.tracker import Tracker
+
+run = next((a for a in sys.argv[1:] if not a.startswith("--")), "mnoise")
+pil = "--pil" in sys.argv
+root, seq = "data/val10-composites/", "bmx-bumps+swing+rhino"
+m = load_models(f"runs/{run}/checkpoint.pt", torch.device("cpu"))[0]
+rec = {}
+decode, carry = m._decode, m.short_term.forward
+
+
+def _decode(*a, **k):
+    out = decode(*a, **k)
+    rec["lg"] = out[0].float()
+    return out
+
+
+def _carry(*a, **k):
+    out = carry(*a, **k)
+    rec["off"] = out.float()
+    return out
+
+
+m._decode, m.short_term.forward = _decode, _carry
+src = open_frames(f"{root}JPEGImages/480p/{seq}", short_side=288)
+H, W = src.size
+tracker = Tracker([m], window=3, locality=0)
+gt0 = np.asarray(Image.open(f"{root}Annotations/480p/{seq}/00000.png").resize((W, H), Image.NEAREST))
+k = 1 + m.num_bg
+print(f"run {run}, frames resized by {'PIL bilinear' if pil else 'vos.data.video (cv2 area)'}, fp32")
+print("frame || in the rider: descriptor logits 1 / 2 | offsets 1 / 2 | probs 1 / 2 || in the girl: the same")
+for t in range(len(src.names)):
+    frame = (np.asarray(Image.open(f"{root}JPEGImages/480p/{seq}/{t:05d}.jpg").convert("RGB").resize((W, H)))
+             if pil else src[t])
+    rec.clear()
+    with torch.no_grad():
+        tracker.step(frame, {i: (gt0 == i).astype(np.float32) for i in (1, 2, 3)} if t == 0 else None)
+    if "lg" not in rec:
+        continue
+    lg = rec["lg"][0, k:]
+    off = F.interpolate(rec["off"], size=lg.shape[-2:], mode="bilinear", align_corners=False)[0]
+    probs = tracker.last.probs[0, 1:].float()
+    gt = np.asarray(Image.open(f"{root}Annotations/480p/{seq}/{t:05d}.png").resize(lg.shape[::-1][:2], Image.NEAREST))
+    cols = []
+    for obj in (1, 2):
+        r = torch.from_numpy(gt == obj)
+        if not r.any():
+            cols.append(f"{'(absent)':^40}")
+            continue
+        mean = [float(x[i][r].mean()) for x in (lg, off, probs) for i in (0, 1)]
+        cols.append("{:5.1f} {:5.1f} | {:5.1f} {:5.1f} | {:.2f} {:.2f}".format(*mean))
+    print(f"{t:5d} || " + " || ".join(cols), flush=True)
