@@ -6,7 +6,7 @@ Runs the Tracker as `python -m vos.experiment composites_RUN` does (fp32 here; f
 side 288, cv2 area resize; --pil: PIL bilinear resize instead) and prints, inside the rider's (object 1) and the swing
 girl's (object 2) true pixels at stride 4: the mean logits of objects 1 / 2 decoded from the descriptors alone, the
 short-term path's mean offsets for 1 / 2 (vos.model.short_term: the local carry and the given-frame read), and the
-mean final probabilities. Needs data/val10-composites (python -m vos.data.composites) and runs/RUN.
+mean final probabilities of objects 1 / 2 / 3 (3: the rhino, pasted in front of both). Needs data/val10-composites (python -m vos.data.composites) and runs/RUN.
 """
 import sys
 
@@ -46,7 +46,7 @@ tracker = Tracker([m], window=3, locality=0)
 gt0 = np.asarray(Image.open(f"{root}Annotations/480p/{seq}/00000.png").resize((W, H), Image.NEAREST))
 k = 1 + m.num_bg
 print(f"run {run}, frames resized by {'PIL bilinear' if pil else 'vos.data.video (cv2 area)'}, fp32")
-print("frame || in the rider: descriptor logits 1 / 2 | offsets 1 / 2 | probs 1 / 2 || in the girl: the same")
+print("frame || in the rider: descriptor logits 1 / 2 | offsets 1 / 2 | probs 1 / 2 / 3 || in the girl: the same")
 for t in range(len(src.names)):
     frame = (np.asarray(Image.open(f"{root}JPEGImages/480p/{seq}/{t:05d}.jpg").convert("RGB").resize((W, H)))
              if pil else src[t])
@@ -63,8 +63,8 @@ for t in range(len(src.names)):
     for obj in (1, 2):
         r = torch.from_numpy(gt == obj)
         if not r.any():
-            cols.append(f"{'(absent)':^40}")
+            cols.append(f"{'(absent)':^45}")
             continue
-        mean = [float(x[i][r].mean()) for x in (lg, off, probs) for i in (0, 1)]
-        cols.append("{:5.1f} {:5.1f} | {:5.1f} {:5.1f} | {:.2f} {:.2f}".format(*mean))
+        mean = [float(x[i][r].mean()) for x in (lg, off) for i in (0, 1)] + [float(probs[i][r].mean()) for i in (0, 1, 2)]
+        cols.append("{:5.1f} {:5.1f} | {:5.1f} {:5.1f} | {:.2f} {:.2f} {:.2f}".format(*mean))
     print(f"{t:5d} || " + " || ".join(cols), flush=True)
