@@ -709,6 +709,57 @@ def test_an_object_is_hidden_on_the_middle_frames_and_back_on_the_last():
     assert hidden(dataclasses.replace(plain, hide=1.0)) >= 20 and hidden(plain) <= 2
 
 
+def test_pasted_objects_stand_against_a_clip_object_from_the_first_frame():
+    """Augment.touch: one shift for every frame puts the pasted objects against the clip object, over its edge (they
+    cover at most TOUCH_COVER's upper share of it, and touch it), from any side; a small one ends half over it; in
+    merged clips the pasted objects then touch the clip's object on frame 0 far more often than without it."""
+    import cv2
+
+    from vos.data.augment import AUGMENT
+    from vos.data.clips import TOUCH_COVER, _touch, make_sample
+
+    h, w = 96, 128
+    target = np.zeros((h, w), bool)
+    target[30:70, 40:90] = True  # 2,000 px
+    sq = np.zeros((h, w), np.uint8)
+    sq[5:25, 5:25] = 3  # 400 px, away from the target
+    imgs = [np.dstack([sq * 80] * 3) for _ in range(3)]
+    sides = set()
+    for seed in range(20):
+        _, masks = _touch(imgs, [sq] * 3, sq > 0, target, np.random.default_rng(seed))
+        p = masks[0] == 3
+        over = int((p & target).sum())
+        near = cv2.dilate(p.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & target
+        assert over <= TOUCH_COVER[1] * target.sum() and near.any(), seed  # over its edge, not on top of it
+        assert all((m == 3).sum() == p.sum() for m in masks[1:])  # the same shift on every frame
+        assert np.allclose(np.argwhere(masks[2] == 3).mean(0), np.argwhere(p).mean(0))
+        cy, cx = np.argwhere(p).mean(0)
+        sides.add((cy > 50, cx > 65))
+    assert len(sides) >= 3  # from several sides
+    dot = np.zeros((h, w), np.uint8)
+    dot[2:6, 2:6] = 3  # 16 px: would not cover 5 % of the target even inside it
+    _, masks = _touch([np.dstack([dot] * 3)] * 3, [dot] * 3, dot > 0, target, np.random.default_rng(0))
+    assert 0 < int(((masks[0] == 3) & target).sum()) <= 8  # half over its edge, not swallowed
+
+    red, blue = _one_colour_unit(0, (40, 56, 50, 70)), _one_colour_unit(2, (10, 30, 10, 34))
+
+    def touching(aug) -> int:  # clips whose pasted (blue) pixels touch the clip's object on frame 0 (of 30; a quarter
+        # of merged clips paste the image's own objects: no blue)
+        n = 0
+        for seed in range(30):
+            s = make_sample(red, "merge", (64, 64), 3, 12, seed=seed, background=blue, aug=aug, clip_len=4)
+            assert not ((s["masks"] > 0).sum(1) > 1).any()
+            img = (s["images"][0] * 255).numpy()
+            pasted, red_obj = (img[2] > 150).astype(np.uint8), img[0] > 150  # the bright boxes
+            n += bool((cv2.dilate(pasted, np.ones((3, 3), np.uint8)).astype(bool) & red_obj).any())
+        return n
+
+    plain = AUGMENT["merge"]
+    touched, apart = touching(dataclasses.replace(plain, touch=1.0)), touching(plain)
+    assert touched >= 18 and touched >= apart + 8
+    assert AUGMENT["merge_hide_touch"].touch > 0 and AUGMENT["merge_hide"].touch == 0
+
+
 def test_an_object_passes_behind_a_strip_of_another_scene():
     """Augment.behind: the object is whole on the first and last frames, wholly hidden on the middle ones by a strip
     showing the cover image (labelled background); objects too wide for a strip are left alone; off, clips are

@@ -39,6 +39,7 @@ COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a lo
 HIDE_MAX_BOX = 0.2  # merged clips: objects hidden behind an occluder (Augment.hide) have a box of at most this share
 BAND_WIDTH = (0.04, 0.12)  # occluding bands (Augment.band): width, as a share of the frame's width
 BEHIND_MAX_WIDTH = 0.5  # Augment.behind: objects wider than this share of the frame do not pass behind a strip
+TOUCH_COVER = (0.05, 0.2)  # Augment.touch: the pasted objects cover at most this share (drawn) of the object they touch
 
 
 VOID = 255  # id of pixels whose label is unknown (DAVIS-2017's void): ignored by the loss
@@ -93,13 +94,14 @@ def _big_objects(mask: np.ndarray) -> list[int]:
 
 
 def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_objects: int, copy: bool,
-           crossing: float = 0.0, leave: float = 0.0, hide: float = 0.0):
+           crossing: float = 0.0, leave: float = 0.0, hide: float = 0.0, touch: float = 0.0):
     """Paste 1-2 objects of a partner clip over a clip (Cutie/STCN's "merge two clips"): they move on their own,
     occlude the clip's objects, and are either more objects to track or, with probability DISTRACTOR_P (always
     when `copy`: the partner is the same image, so the pasted object is a look-alike), unlabelled distractors
     the model must leave as background. Partner ids are shifted by PARTNER_ID so they never collide. With probability
     `crossing` (Augment.crossing) the pasted objects cross one of the clip's objects (see `_cross`); otherwise, with
-    probability `leave` (Augment.leave), they leave the frame and come back (see `_leave_and_return`). With
+    probability `leave` (Augment.leave), they leave the frame and come back (see `_leave_and_return`); otherwise,
+    with probability `touch` (Augment.touch), they stand against one of the clip's objects (see `_touch`). With
     probability `hide` (Augment.hide), one of the clip's objects whose box takes at most HIDE_MAX_BOX of the frame
     is hidden for the middle frames (see `_hide`)."""
     p_imgs, p_masks, p_objs = partner
@@ -117,6 +119,9 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
         keep = [np.isin(m, p_objs) for m in p_masks]
     elif leave and len(masks) >= 4 and keep[0].any() and rng.random() < leave:
         p_imgs, p_masks = _leave_and_return(p_imgs, p_masks, keep[0], rng)
+        keep = [np.isin(m, p_objs) for m in p_masks]
+    elif touch and objs and keep[0].any() and rng.random() < touch:
+        p_imgs, p_masks = _touch(p_imgs, p_masks, keep[0], masks[0] == objs[int(rng.integers(len(objs)))], rng)
         keep = [np.isin(m, p_objs) for m in p_masks]
     imgs = [paste(pi, k, i) for pi, k, i in zip(p_imgs, keep, imgs)]
     masks = [np.where(k, pm.astype(np.int32) + PARTNER_ID, m).astype(np.int32) for m, pm, k in zip(masks, p_masks, keep)]
@@ -140,6 +145,32 @@ def _cross(p_imgs, p_masks, keep0: np.ndarray, target: np.ndarray):
     ty, tx = np.nonzero(target)
     d = np.array([tx.mean() - xs.mean(), ty.mean() - ys.mean()]) / (len(p_masks) // 2)
     return _translate(p_imgs, p_masks, [t * d for t in range(len(p_masks))])
+
+
+def _touch(p_imgs, p_masks, keep0: np.ndarray, target0: np.ndarray, rng: np.random.Generator):
+    """Move the pasted objects (`keep0`: their pixels on frame 0), by one shift for every frame, to stand against a
+    clip object (`target0`: its pixels on frame 0) from a random side: brought in along a line through its centre
+    until they cover a share of it drawn from TOUCH_COVER, or until half of them is over it (a small object in front
+    of a big one). Two objects touching from the given frame on, one over the other's edge, as a rider behind a
+    rhino: their ids must not bleed across the boundary."""
+    if not target0.any():
+        return p_imgs, p_masks
+    h, w = keep0.shape
+    ys, xs = np.nonzero(keep0)
+    ty, tx = np.nonzero(target0)
+    angle = rng.uniform(0, 2 * np.pi)
+    centre = np.array([tx.mean() - xs.mean(), ty.mean() - ys.mean()])  # the shift that centres them on the object
+    cover = rng.uniform(*TOUCH_COVER) * len(ty)
+    best = None
+    for s in np.linspace(np.hypot(h, w), 0, 128):  # from out of the frame inwards
+        d = centre + s * np.array([np.cos(angle), np.sin(angle)])
+        y, x = np.round(ys + d[1]).astype(int), np.round(xs + d[0]).astype(int)
+        inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        over = int(target0[y[inside], x[inside]].sum())
+        if best is not None and (over > cover or over > len(ys) / 2):
+            break
+        best = d
+    return _translate(p_imgs, p_masks, [best] * len(p_masks))
 
 
 def _leave_and_return(p_imgs, p_masks, keep0: np.ndarray, rng: np.random.Generator):
@@ -335,7 +366,7 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
         copy = bool(rng.random() < COPY_P)
         partner = _frames_of(unit if copy else background, "merge", size, max_gap, rng, aug, clip_len)
         imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy, aug.crossing, aug.leave,
-                                   aug.hide)
+                                   aug.hide, aug.touch)
     else:
         rng.shuffle(objs)
     objs = objs[:max_objects]
