@@ -6,7 +6,8 @@ Runs the Tracker as `python -m vos.experiment composites_RUN` does (fp32 here; f
 side 288, cv2 area resize; --pil: PIL bilinear resize instead) and prints, inside the rider's (object 1) and the swing
 girl's (object 2) true pixels at stride 4: the mean logits of objects 1 / 2 decoded from the descriptors alone, the
 short-term path's mean offsets for 1 / 2 (vos.model.short_term: the local carry and the given-frame read), and the
-mean final probabilities of objects 1 / 2 / 3 (3: the rhino, pasted in front of both). Needs data/val10-composites (python -m vos.data.composites) and runs/RUN.
+mean final probabilities of objects 1 / 2 / 3 (3: the rhino, pasted in front of both). Needs data/val10-composites
+(python -m vos.data.composites) and runs/RUN.
 """
 import sys
 
