@@ -66,6 +66,7 @@ for t in range(len(src.names)):
         if not r.any():
             cols.append(f"{'(absent)':^45}")
             continue
-        mean = [float(x[i][r].mean()) for x in (lg, off) for i in (0, 1)] + [float(probs[i][r].mean()) for i in (0, 1, 2)]
+        mean = [float(x[i][r].mean()) for x in (lg, off) for i in (0, 1)]
+        mean += [float(probs[i][r].mean()) for i in (0, 1, 2)]
         cols.append("{:5.1f} {:5.1f} | {:5.1f} {:5.1f} | {:.2f} {:.2f} {:.2f}".format(*mean))
     print(f"{t:5d} || " + " || ".join(cols), flush=True)
