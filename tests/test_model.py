@@ -271,6 +271,32 @@ def test_topk_attention_reads_only_the_best_matches_anywhere():
     assert topk_attention(q[:1], k2, v2, 3)[0, 0, 0, 0] > 0.9
 
 
+def test_l2_affinity_reads_the_nearest_key_where_a_long_key_wins_the_dot_product():
+    """short_term.similarity=l2: q' . k' = -|q - k|^2 + |q|^2, so a read ranks keys by distance; a key of large norm
+    pointing roughly the query's way wins the dot product's top-k (the crossing composite's rider read the swing
+    girl's mask from the given frame) but not the distance."""
+    from vos.model.short_term import l2_operands, local_attention, topk_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 8, 3, 4, generator=g), torch.randn(2, 8, 5, 7, generator=g)
+    q2, k2 = l2_operands(q, k)
+    assert q2.shape == (2, 9, 3, 4) and k2.shape == (2, 9, 5, 7)
+    dist = torch.cdist(q.flatten(2).transpose(1, 2), k.flatten(2).transpose(1, 2)) ** 2  # (B, 12, 35)
+    prod = torch.bmm(q2.flatten(2).transpose(1, 2), k2.flatten(2))
+    torch.testing.assert_close(prod, -dist + q.flatten(2).pow(2).sum(1)[..., None], atol=1e-4, rtol=1e-4)
+
+    query = torch.tensor([1.0, 0.0])[None, :, None, None]  # one pixel
+    keys = torch.zeros(1, 2, 1, 3)
+    keys[0, :, 0, 0] = torch.tensor([1.0, 0.1])  # the query's own look
+    keys[0, :, 0, 1] = torch.tensor([4.0, 3.0])  # a long key the query only roughly points at
+    keys[0, :, 0, 2] = torch.tensor([-1.0, 0.0])
+    vals = torch.eye(3)[None, :, None, :]  # (1, 3, 1, 3): which key was read
+    assert topk_attention(query, keys, vals, 1)[0, :, 0, 0].argmax() == 1
+    assert topk_attention(*l2_operands(query, keys), vals, 1)[0, :, 0, 0].argmax() == 0
+    assert local_attention(query.expand(-1, -1, 1, 3), keys, vals, 2)[0, :, 0, 0].argmax() == 1
+    assert local_attention(*l2_operands(query.expand(-1, -1, 1, 3), keys), vals, 2)[0, :, 0, 0].argmax() == 0
+
+
 @pytest.mark.parametrize("stride", [16, 8])
 def test_given_frame_read_starts_as_a_no_op_and_learns(stride):
     """The given-frame read (short_term.given_topk) adds nothing at initialisation, so a model trained without it

@@ -255,7 +255,8 @@ class HODOR(nn.Module):
             self.refine = Refine(self.backbone.channels2)
         st = cfg.short_term
         self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk,
-                                        stride=st.stride, distance=st.distance) if st.radius else None
+                                        stride=st.stride, distance=st.distance,
+                                        similarity=st.similarity) if st.radius else None
 
     def train(self, mode: bool = True) -> "HODOR":
         """Backbone BatchNorm statistics stay frozen: training batches of a few clips are too small for them."""

@@ -11,7 +11,8 @@ descriptors do not carry (after STCN / XMem / Cutie's pixel memory and Cutie's `
 It works at stride 16 (`stride`, the default) or 8: it says whose a region is, the descriptors' stride-4 logits draw
 the boundaries. Stride 8 (STCN's) carries masks 2x finer at ~3x the path's cost and was not better (RESULTS.md, "The
 short-term path at stride 8"). For every pixel of this frame, attention over the (2r + 1)^2 pixels around the same
-place in the previous frame (softmax of key . key / sqrt(Ck)) reads the previous frame's soft masks: the last masks
+place in the previous frame (softmax of key . key / sqrt(Ck), or with `similarity` l2 of -|key - key|^2 / sqrt(Ck), STCN's affinity:
+`l2_operands`) reads the previous frame's soft masks: the last masks
 moved by appearance. A small convolution turns, per object, [carried mask, last mask, the other objects' carried
 masks, whether the object was present a frame ago] into an offset for that object's logits. The window bounds how
 far an object can be carried; an object absent a frame ago (left the frame, new) gets its offset from the same
@@ -103,6 +104,15 @@ def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int)
     return (read * vals.softmax(-1).to(v.dtype)[:, None]).sum(-1).view(B, V, *q.shape[-2:])
 
 
+def l2_operands(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, Ck, ...), k (B, Ck, ...) -> (q', k') with Ck + 1 channels whose dot product is 2 q . k - |k|^2: the
+    negative squared distance -|q - k|^2 up to |q|^2, a term constant per query that a softmax or a top-k over the keys
+    ignores (STCN's L2 affinity). Either attention above then reads by distance: a key of large norm no longer wins
+    every query."""
+    return (torch.cat([2 * q, -torch.ones_like(q[:, :1])], 1),
+            torch.cat([k, k.float().pow(2).sum(1, keepdim=True).to(k.dtype)], 1))
+
+
 def _tiles(h: int, w: int, radius: int, tile: int) -> tuple[int, int, tuple[int, int, int, int]]:
     """`local_attention`'s tiling of an h x w map: tile rows, tile columns, and the padding (left, right, top, bottom)
     that gives every tile its whole (tile + 2 radius)^2 window."""
@@ -130,9 +140,9 @@ def _outside(h: int, w: int, radius: int, tile: int, device: torch.device) -> to
 
 class ShortTermPath(nn.Module):
     def __init__(self, channels: int, key_channels: int, radius: int, hidden: int = 16, given_topk: int = 0,
-                 stride: int = 16, distance: bool = False):
+                 stride: int = 16, distance: bool = False, similarity: str = "dot"):
         super().__init__()
-        self.radius, self.given_topk, self.stride = radius, given_topk, stride
+        self.radius, self.given_topk, self.stride, self.l2 = radius, given_topk, stride, similarity == "l2"
         self.key = nn.Conv2d(channels, key_channels, 1)
         self.fuse = nn.Sequential(nn.Conv2d(4, hidden, 3, padding=1), nn.ReLU(),
                                   nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2), nn.ReLU(),
@@ -160,7 +170,8 @@ class ShortTermPath(nn.Module):
         count as absent a frame ago. given_frame: the frame whose masks were given (read with `given_topk` > 0; None: no
         such frame, or it is this one or the last one's source, and the read is zero)."""
         prev = _objects(last, num_objects, keys.dtype)
-        carried = local_attention(keys, last.keys.to(keys.dtype), prev, self.radius)  # (B, I, h, w)
+        q, k = self._operands(keys, last.keys.to(keys.dtype))
+        carried = local_attention(q, k, prev, self.radius)  # (B, I, h, w)
         others = carried.sum(1, keepdim=True) - carried
         present = prev.flatten(2).amax(-1)[..., None, None].expand_as(prev)
         x = torch.stack([carried, prev, others, present], 2)  # (B, I, 4, h, w)
@@ -170,7 +181,7 @@ class ShortTermPath(nn.Module):
             # at stride 16 whatever the path's stride: it says whose a region is, not where its edge is, at 1/16 of the
             # cost at stride 8 (the keys are a 1x1 conv of the features: pooled keys are the stride-16 path's keys)
             pool = 16 // self.stride
-            q, gk = F.avg_pool2d(keys, pool), F.avg_pool2d(given_frame.keys.to(keys.dtype), pool)
+            q, gk = self._operands(F.avg_pool2d(keys, pool), F.avg_pool2d(given_frame.keys.to(keys.dtype), pool))
             read = topk_attention(q, gk, F.avg_pool2d(_objects(given_frame, num_objects, keys.dtype), pool),
                                   self.given_topk)
             if pool > 1:
@@ -179,6 +190,10 @@ class ShortTermPath(nn.Module):
         if self.distance_in is not None:
             hidden = hidden + self.distance_in(distance_to(prev).flatten(0, 1)[:, None])
         return self.fuse[1:](hidden).view(B, I, h, w)
+
+    def _operands(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the attention multiplies: the keys themselves (dot) or `l2_operands`."""
+        return l2_operands(q, k) if self.l2 else (q, k)
 
 
 def distance_to(masks: torch.Tensor) -> torch.Tensor:
