@@ -11,10 +11,10 @@ descriptors do not carry (after STCN / XMem / Cutie's pixel memory and Cutie's `
 It works at stride 16 (`stride`, the default) or 8: it says whose a region is, the descriptors' stride-4 logits draw
 the boundaries. Stride 8 (STCN's) carries masks 2x finer at ~3x the path's cost and was not better (RESULTS.md, "The
 short-term path at stride 8"). For every pixel of this frame, attention over the (2r + 1)^2 pixels around the same
-place in the previous frame (softmax of key . key / sqrt(Ck), or with `similarity` l2 of -|key - key|^2 / sqrt(Ck), STCN's affinity:
-`l2_operands`) reads the previous frame's soft masks: the last masks
-moved by appearance. A small convolution turns, per object, [carried mask, last mask, the other objects' carried
-masks, whether the object was present a frame ago] into an offset for that object's logits. The window bounds how
+place in the previous frame (softmax of key . key / sqrt(Ck); with `similarity` l2, of -|key - key|^2 / sqrt(Ck),
+STCN's affinity: `l2_operands`) reads the previous frame's soft masks: the last masks moved by appearance. A small
+convolution turns, per object, [carried mask, last mask, the other objects' carried masks, whether the object was
+present a frame ago] into an offset for that object's logits. The window bounds how
 far an object can be carried; an object absent a frame ago (left the frame, new) gets its offset from the same
 network with "absent" as input, so it is free to come back anywhere. Its last layer starts at zero: at
 initialisation the model is the descriptor-only one.
