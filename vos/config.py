@@ -69,6 +69,7 @@ class Overlap(StrEnum):
 class Similarity(StrEnum):
     dot = "dot"
     l2 = "l2"
+    l2_given = "l2_given"  # l2 for the given-frame read (global top-k: where a long key wins most), dot for the carry
 
 
 class Layout(StrEnum):
@@ -143,9 +144,10 @@ class ShortTermConfig:
     # each pixel's distance to where the object was a frame ago, an input of the fusion (the locality rule, learned;
     # starts as a no-op)
     distance: bool = False
-    # affinity of the path's attention (the local carry and the given-frame read): "dot" (q . k) or "l2" (the negative
-    # squared distance, STCN's): with dot, a key of large norm wins every query's top-k, and the given frame's read
-    # in the crossing composite gave the rider's own cells the swing girl's mask (0.55 against 0.02 for his own)
+    # affinity of the path's attention (the local carry and the given-frame read): "dot" (q . k), "l2" (the negative
+    # squared distance, STCN's) or "l2_given" (l2 for the given-frame read only): with dot, a key of large norm wins
+    # every query's top-k, and the given frame's read in the crossing composite gave the rider's own cells the swing
+    # girl's mask (0.55 against 0.02 for his own)
     similarity: Similarity = Similarity.dot
 
 

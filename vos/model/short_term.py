@@ -142,7 +142,8 @@ class ShortTermPath(nn.Module):
     def __init__(self, channels: int, key_channels: int, radius: int, hidden: int = 16, given_topk: int = 0,
                  stride: int = 16, distance: bool = False, similarity: str = "dot"):
         super().__init__()
-        self.radius, self.given_topk, self.stride, self.l2 = radius, given_topk, stride, similarity == "l2"
+        self.radius, self.given_topk, self.stride = radius, given_topk, stride
+        self.l2_carry, self.l2_given = similarity == "l2", similarity in ("l2", "l2_given")
         self.key = nn.Conv2d(channels, key_channels, 1)
         self.fuse = nn.Sequential(nn.Conv2d(4, hidden, 3, padding=1), nn.ReLU(),
                                   nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2), nn.ReLU(),
@@ -170,7 +171,7 @@ class ShortTermPath(nn.Module):
         count as absent a frame ago. given_frame: the frame whose masks were given (read with `given_topk` > 0; None: no
         such frame, or it is this one or the last one's source, and the read is zero)."""
         prev = _objects(last, num_objects, keys.dtype)
-        q, k = self._operands(keys, last.keys.to(keys.dtype))
+        q, k = l2_operands(keys, last.keys.to(keys.dtype)) if self.l2_carry else (keys, last.keys.to(keys.dtype))
         carried = local_attention(q, k, prev, self.radius)  # (B, I, h, w)
         others = carried.sum(1, keepdim=True) - carried
         present = prev.flatten(2).amax(-1)[..., None, None].expand_as(prev)
@@ -181,7 +182,9 @@ class ShortTermPath(nn.Module):
             # at stride 16 whatever the path's stride: it says whose a region is, not where its edge is, at 1/16 of the
             # cost at stride 8 (the keys are a 1x1 conv of the features: pooled keys are the stride-16 path's keys)
             pool = 16 // self.stride
-            q, gk = self._operands(F.avg_pool2d(keys, pool), F.avg_pool2d(given_frame.keys.to(keys.dtype), pool))
+            q, gk = F.avg_pool2d(keys, pool), F.avg_pool2d(given_frame.keys.to(keys.dtype), pool)
+            if self.l2_given:
+                q, gk = l2_operands(q, gk)
             read = topk_attention(q, gk, F.avg_pool2d(_objects(given_frame, num_objects, keys.dtype), pool),
                                   self.given_topk)
             if pool > 1:
@@ -190,10 +193,6 @@ class ShortTermPath(nn.Module):
         if self.distance_in is not None:
             hidden = hidden + self.distance_in(distance_to(prev).flatten(0, 1)[:, None])
         return self.fuse[1:](hidden).view(B, I, h, w)
-
-    def _operands(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the attention multiplies: the keys themselves (dot) or `l2_operands`."""
-        return l2_operands(q, k) if self.l2 else (q, k)
 
 
 def distance_to(masks: torch.Tensor) -> torch.Tensor:
