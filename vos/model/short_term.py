@@ -14,10 +14,10 @@ short-term path at stride 8"). For every pixel of this frame, attention over the
 place in the previous frame (softmax of key . key / sqrt(Ck); with `similarity` l2, of -|key - key|^2 / sqrt(Ck),
 STCN's affinity: `l2_operands`) reads the previous frame's soft masks: the last masks moved by appearance. A small
 convolution turns, per object, [carried mask, last mask, the other objects' carried masks, whether the object was
-present a frame ago] into an offset for that object's logits. The window bounds how
-far an object can be carried; an object absent a frame ago (left the frame, new) gets its offset from the same
-network with "absent" as input, so it is free to come back anywhere. Its last layer starts at zero: at
-initialisation the model is the descriptor-only one.
+present a frame ago] into an offset for that object's logits. The window bounds how far an object can be carried; an
+object absent a frame ago (left the frame, new) gets its offset from the same network with "absent" as input, so it is
+free to come back anywhere. Its last layer starts at zero: at initialisation the model is the descriptor-only one.
+`similarity` l2_given reads the given frame (below) by L2 and carries by the dot product.
 
 With `given_topk` > 0 it also reads the GIVEN frame, at stride 16 whatever `stride` (STCN / XMem's memory read,
 global, after Cutie): every pixel of this frame attends to its `given_topk` best-matching pixels anywhere in the
