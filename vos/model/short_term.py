@@ -171,7 +171,9 @@ class ShortTermPath(nn.Module):
         count as absent a frame ago. given_frame: the frame whose masks were given (read with `given_topk` > 0; None: no
         such frame, or it is this one or the last one's source, and the read is zero)."""
         prev = _objects(last, num_objects, keys.dtype)
-        q, k = l2_operands(keys, last.keys.to(keys.dtype)) if self.l2_carry else (keys, last.keys.to(keys.dtype))
+        q, k = keys, last.keys.to(keys.dtype)
+        if self.l2_carry:
+            q, k = l2_operands(q, k)
         carried = local_attention(q, k, prev, self.radius)  # (B, I, h, w)
         others = carried.sum(1, keepdim=True) - carried
         present = prev.flatten(2).amax(-1)[..., None, None].expand_as(prev)
