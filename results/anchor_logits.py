@@ -11,17 +11,12 @@ then decoded from the given frame's descriptors alone (the memory's first entry)
 """
 import sys
 
-import numpy as np
 import torch
-from PIL import Image
 
-from vos.checkpoint import load_models
-from vos.data.video import open_frames
-from vos.inference.tracker import Tracker
+from crossing import model, track, truth
 
 run = sys.argv[1] if len(sys.argv) > 1 else "mnoise"
-root, seq = "data/val10-composites/", "bmx-bumps+swing+rhino"
-m = load_models(f"runs/{run}/checkpoint.pt", torch.device("cpu"))[0]
+m = model(run)
 rec = {}
 predict = m.predict
 
@@ -34,23 +29,18 @@ def _predict(feats, memory, valid, *a, **k):
 
 
 m.predict = _predict
-src = open_frames(f"{root}JPEGImages/480p/{seq}", short_side=288)
-H, W = src.size
-tracker = Tracker([m], window=3, locality=0)
-gt0 = np.asarray(Image.open(f"{root}Annotations/480p/{seq}/00000.png").resize((W, H), Image.NEAREST))
 k = 1 + m.num_bg
 print(f"run {run}, fp32")
 print("frame || in object o's pixels (o = 1, 2, 3): logits of 1 2 3 from all stored frames | from the given frame alone"
       " | probabilities of 1 2 3")
-for t in range(len(src.names)):
+for t, tracker in track(m):
+    got = dict(rec)
     rec.clear()
-    with torch.no_grad():
-        tracker.step(src[t], {i: (gt0 == i).astype(np.float32) for i in (1, 2, 3)} if t == 0 else None)
-    if "all" not in rec or t % 3:
+    if "all" not in got or t % 3:
         continue
-    every, given = rec["all"][0, k:], rec["given"][0, k:]
+    every, given = got["all"][0, k:], got["given"][0, k:]
     probs = tracker.last.probs[0, 1:].float()
-    gt = np.asarray(Image.open(f"{root}Annotations/480p/{seq}/{t:05d}.png").resize(every.shape[::-1][:2], Image.NEAREST))
+    gt = truth(t, every.shape[-2:])
     cols = []
     for obj in (1, 2, 3):
         r = torch.from_numpy(gt == obj)

@@ -16,14 +16,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vos.checkpoint import load_models
-from vos.data.video import open_frames
-from vos.inference.tracker import Tracker
+from crossing import ROOT, SEQ, model, track, truth
 
 run = next((a for a in sys.argv[1:] if not a.startswith("--")), "mnoise")
 pil = "--pil" in sys.argv
-root, seq = "data/val10-composites/", "bmx-bumps+swing+rhino"
-m = load_models(f"runs/{run}/checkpoint.pt", torch.device("cpu"))[0]
+m = model(run)
 rec = {}
 decode, carry = m._decode, m.short_term.forward
 
@@ -40,26 +37,23 @@ def _carry(*a, **k):
     return out
 
 
+def read_pil(t: int, hw: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.open(f"{ROOT}JPEGImages/480p/{SEQ}/{t:05d}.jpg").convert("RGB").resize(hw[::-1]))
+
+
 m._decode, m.short_term.forward = _decode, _carry
-src = open_frames(f"{root}JPEGImages/480p/{seq}", short_side=288)
-H, W = src.size
-tracker = Tracker([m], window=3, locality=0)
-gt0 = np.asarray(Image.open(f"{root}Annotations/480p/{seq}/00000.png").resize((W, H), Image.NEAREST))
 k = 1 + m.num_bg
 print(f"run {run}, frames resized by {'PIL bilinear' if pil else 'vos.data.video (cv2 area)'}, fp32")
 print("frame || in the rider: descriptor logits 1 / 2 | offsets 1 / 2 | probs 1 / 2 / 3 || in the girl: the same")
-for t in range(len(src.names)):
-    frame = (np.asarray(Image.open(f"{root}JPEGImages/480p/{seq}/{t:05d}.jpg").convert("RGB").resize((W, H)))
-             if pil else src[t])
+for t, tracker in track(m, read=read_pil if pil else None):
+    got = dict(rec)
     rec.clear()
-    with torch.no_grad():
-        tracker.step(frame, {i: (gt0 == i).astype(np.float32) for i in (1, 2, 3)} if t == 0 else None)
-    if "lg" not in rec:
+    if "lg" not in got:
         continue
-    lg = rec["lg"][0, k:]
-    off = F.interpolate(rec["off"], size=lg.shape[-2:], mode="bilinear", align_corners=False)[0]
+    lg = got["lg"][0, k:]
+    off = F.interpolate(got["off"], size=lg.shape[-2:], mode="bilinear", align_corners=False)[0]
     probs = tracker.last.probs[0, 1:].float()
-    gt = np.asarray(Image.open(f"{root}Annotations/480p/{seq}/{t:05d}.png").resize(lg.shape[::-1][:2], Image.NEAREST))
+    gt = truth(t, lg.shape[-2:])
     cols = []
     for obj in (1, 2):
         r = torch.from_numpy(gt == obj)

@@ -12,18 +12,13 @@ alone). Needs data/val10-composites (python -m vos.data.composites) and runs/RUN
 import math
 import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from vos.checkpoint import load_models
-from vos.data.video import open_frames
-from vos.inference.tracker import Tracker
+from crossing import model, track, truth
 
 run = sys.argv[1] if len(sys.argv) > 1 else "mnoise"
-root, seq = "data/val10-composites/", "bmx-bumps+swing+rhino"
-m = load_models(f"runs/{run}/checkpoint.pt", torch.device("cpu"))[0]
+m = model(run)
 rec = {}
 predict = m.predict
 
@@ -35,16 +30,9 @@ def _predict(feats, memory, valid, *a, **k):
 
 
 m.predict = _predict
-src = open_frames(f"{root}JPEGImages/480p/{seq}", short_side=288)
-H, W = src.size
-tracker = Tracker([m], window=3, locality=0)
-gt0 = np.asarray(Image.open(f"{root}Annotations/480p/{seq}/00000.png").resize((W, H), Image.NEAREST))
 nb = m.num_bg
 print(f"run {run}, fp32; from the given frame's descriptors alone")
-for t in range(55):
-    rec.clear()
-    with torch.no_grad():
-        tracker.step(src[t], {i: (gt0 == i).astype(np.float32) for i in (1, 2, 3)} if t == 0 else None)
+for t, _ in track(m, frames=55):
     if t not in (3, 30, 48, 51, 54):
         continue
     e, k = rec["e"][0], rec["k"][0, 0]  # (Cm, h, w), (Q, Cm)
@@ -54,7 +42,7 @@ for t in range(55):
         print("frame || in object o's pixels (o = 1, 2, 3): |e| | logits of 1 2 3 | cosines of 1 2 3")
     logit = torch.einsum("qc,chw->qhw", k, e) / math.sqrt(k.shape[-1])
     cos = torch.einsum("qc,chw->qhw", F.normalize(k, dim=-1), F.normalize(e, dim=0))
-    gt = np.asarray(Image.open(f"{root}Annotations/480p/{seq}/{t:05d}.png").resize(e.shape[::-1][:2], Image.NEAREST))
+    gt = truth(t, e.shape[-2:])
     cols = []
     for obj in (1, 2, 3):
         r = torch.from_numpy(gt == obj)

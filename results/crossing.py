@@ -1,0 +1,42 @@
+"""What the crossing composite's diagnostic scripts share (anchor_logits.py, crossing_logits.py, decoder_keys.py):
+bmx-bumps+swing+rhino (1 the BMX rider, 2 the swing girl, 3 the rhino pasted in front of both), run frame by frame
+by the Tracker as `python -m vos.experiment composites_RUN` does (fp32, short side 288, window 3, no locality rule).
+Needs data/val10-composites (python -m vos.data.composites) and runs/RUN.
+"""
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vos.checkpoint import load_models
+from vos.data.video import open_frames
+from vos.inference.tracker import Tracker
+from vos.model.hodor import HODOR
+
+ROOT, SEQ = "data/val10-composites/", "bmx-bumps+swing+rhino"
+
+
+def model(run: str) -> HODOR:
+    """The model of runs/RUN, on the CPU."""
+    return load_models(f"runs/{run}/checkpoint.pt", torch.device("cpu"))[0]
+
+
+def truth(t: int, hw: tuple[int, int]) -> np.ndarray:
+    """Frame t's object ids (h, w), resized to hw by nearest neighbour."""
+    return np.asarray(Image.open(f"{ROOT}Annotations/480p/{SEQ}/{t:05d}.png").resize(hw[::-1], Image.NEAREST))
+
+
+def track(m: HODOR, frames: int | None = None,
+          read: Callable[[int, tuple[int, int]], np.ndarray] | None = None) -> Iterator[tuple[int, Tracker]]:
+    """Steps a Tracker over the first `frames` frames (all: None), the three objects given at frame 0; yields (t,
+    tracker) after each frame. read(t, (H, W)): the frame as an RGB array (default: vos.data.video's reader)."""
+    src = open_frames(f"{ROOT}JPEGImages/480p/{SEQ}", short_side=288)
+    hw = src.size
+    tracker = Tracker([m], window=3, locality=0)
+    gt0 = truth(0, hw)
+    for t in range(len(src.names) if frames is None else frames):
+        with torch.no_grad():
+            tracker.step(read(t, hw) if read else src[t],
+                         {i: (gt0 == i).astype(np.float32) for i in (1, 2, 3)} if t == 0 else None)
+        yield t, tracker
