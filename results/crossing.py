@@ -29,14 +29,15 @@ def truth(t: int, hw: tuple[int, int]) -> np.ndarray:
 
 def track(m: HODOR, frames: int | None = None,
           read: Callable[[int, tuple[int, int]], np.ndarray] | None = None) -> Iterator[tuple[int, Tracker]]:
-    """Steps a Tracker over the first `frames` frames (all: None), the three objects given at frame 0; yields (t,
+    """Steps a Tracker over the first `frames` frames (all: None), the objects of frame 0 given there; yields (t,
     tracker) after each frame. read(t, (H, W)): the frame as an RGB array (default: vos.data.video's reader)."""
     src = open_frames(f"{ROOT}JPEGImages/480p/{SEQ}", short_side=288)
     hw = src.size
     tracker = Tracker([m], window=3, locality=0)
     gt0 = truth(0, hw)
+    ids = [int(i) for i in np.unique(gt0) if i]
     for t in range(len(src.names) if frames is None else frames):
         with torch.no_grad():
             tracker.step(read(t, hw) if read else src[t],
-                         {i: (gt0 == i).astype(np.float32) for i in (1, 2, 3)} if t == 0 else None)
+                         {i: (gt0 == i).astype(np.float32) for i in ids} if t == 0 else None)
         yield t, tracker

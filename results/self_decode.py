@@ -1,0 +1,61 @@
+"""Can an object's descriptors give back the mask they were made from? The given frame decoded from its own
+descriptors, for every object of the multi-object validation composites.
+
+    python results/self_decode.py [RUN] [--frame1]     (RUN: a run under runs/, default mnoise)
+
+For each composite (data/val10-composites, frames at short side 288 as the Tracker reads them, fp32): encode frame 0
+from its true masks (HODOR.encode), decode frame 0 from those descriptors alone (HODOR.decode: no short-term path, no
+other frame; --frame1: decode frame 1 instead, what the first propagated frame sees before the path's offsets), and
+score each object's argmax mask against the truth at stride 4 (IoU). Prints one line per object with its area (share
+of the frame) and, per video, the mean logit of every object inside its true pixels, then the correlation of IoU with
+log area. Needs data/val10-composites (python -m vos.data.composites) and runs/RUN.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vos.checkpoint import load_models
+from vos.data.video import open_frames
+from vos.model.hodor import logits_to_probs
+
+run = next((a for a in sys.argv[1:] if not a.startswith("--")), "mnoise")
+t1 = 1 if "--frame1" in sys.argv else 0
+root = Path("data/val10-composites")
+m = load_models(f"runs/{run}/checkpoint.pt", torch.device("cpu"))[0].eval()
+
+
+def truth(seq: str, t: int, hw: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.open(root / f"Annotations/480p/{seq}/{t:05d}.png").resize(hw[::-1], Image.NEAREST))
+
+
+print(f"run {run}, fp32: frame {t1} decoded from frame 0's descriptors alone")
+print("IoU  | area % | object | mean logits of the video's objects in its true pixels (own one starred)")
+rows = []
+for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
+    src = open_frames(root / f"JPEGImages/480p/{seq}", short_side=288)
+    hw = src.size
+    gt0 = truth(seq, 0, hw)
+    ids = [int(i) for i in np.unique(gt0) if i]
+    with torch.no_grad():
+        f0 = m.features(torch.from_numpy(np.array(src[0])).permute(2, 0, 1).float().div(255)[None])
+        masks = torch.stack([torch.from_numpy((gt0 == i).astype(np.float32)) for i in ids])[None]
+        desc = m.encode(f0, m.masks_to_s4(masks, f0))
+        ft = f0 if t1 == 0 else m.features(torch.from_numpy(np.array(src[t1])).permute(2, 0, 1).float().div(255)[None])
+        logits = m.decode(ft, desc[:, None], torch.ones(desc.shape[:2], dtype=torch.bool)[:, None])
+    h4, w4 = -(-hw[0] // 4), -(-hw[1] // 4)
+    labels = logits_to_probs(logits, m.num_bg)[0, :, :h4, :w4].argmax(0).numpy()
+    obj_logits = logits[0, 1 + m.num_bg:, :h4, :w4]
+    gt = truth(seq, t1, (h4, w4))
+    for j, i in enumerate(ids):
+        g, p = gt == i, labels == j + 1
+        iou = (g & p).sum() / max((g | p).sum(), 1)
+        mean = [float(obj_logits[k][torch.from_numpy(g)].mean()) if g.any() else float("nan") for k in range(len(ids))]
+        rows.append((iou, g.mean() * 100))
+        print(f"{iou:.2f} | {g.mean() * 100:5.2f} | {seq}_{i:<3d}| " +
+              " ".join(f"{v:5.1f}{'*' if k == j else ' '}" for k, v in enumerate(mean)), flush=True)
+iou, area = np.array(rows).T
+print(f"mean IoU {iou.mean():.2f}; objects under 3 % of the frame {iou[area < 3].mean():.2f} ({(area < 3).sum()}), "
+      f"the others {iou[area >= 3].mean():.2f}; corr(IoU, log area) {np.corrcoef(iou, np.log(area))[0, 1]:.2f}")
