@@ -1,14 +1,16 @@
 """Can an object's descriptors give back the mask they were made from? The given frame decoded from its own
 descriptors, for every object of the multi-object validation composites.
 
-    python results/self_decode.py [RUN] [--frame1]     (RUN: a run under runs/, default mnoise)
+    python results/self_decode.py [RUN] [--frame1] [--root DIR]     (RUN: a run under runs/, default mnoise)
 
 For each composite (data/val10-composites, frames at short side 288 as the Tracker reads them, fp32): encode frame 0
 from its true masks (HODOR.encode), decode frame 0 from those descriptors alone (HODOR.decode: no short-term path, no
 other frame; --frame1: decode frame 1 instead, what the first propagated frame sees before the path's offsets), and
 score each object's argmax mask against the truth at stride 4 (IoU). Prints one line per object with its area (share
 of the frame) and, per video, the mean logit of every object inside its true pixels, then the correlation of IoU with
-log area. Needs data/val10-composites (python -m vos.data.composites) and runs/RUN.
+log area. --root: another DAVIS-2017 layout, e.g. the training composites
+data/davis2016_train20-pseudo_train20-60x25 (their masks are the teacher's). Needs data/val10-composites (python -m
+vos.data.composites) and runs/RUN.
 """
 import sys
 from pathlib import Path
@@ -21,9 +23,10 @@ from vos.checkpoint import load_models
 from vos.data.video import open_frames
 from vos.model.hodor import logits_to_probs
 
-run = next((a for a in sys.argv[1:] if not a.startswith("--")), "mnoise")
-t1 = 1 if "--frame1" in sys.argv else 0
-root = Path("data/val10-composites")
+args = sys.argv[1:]
+root = Path(args.pop(args.index("--root") + 1) if "--root" in args else "data/val10-composites")
+run = next((a for a in args if not a.startswith("--")), "mnoise")
+t1 = 1 if "--frame1" in args else 0
 m = load_models(f"runs/{run}/checkpoint.pt", torch.device("cpu"))[0].eval()
 
 
