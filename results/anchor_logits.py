@@ -13,22 +13,12 @@ import sys
 
 import torch
 
-from crossing import model, track, truth
+from crossing import model, record_at_predict, track, truth
 
 run = sys.argv[1] if len(sys.argv) > 1 else "mnoise"
 m = model(run)
-rec = {}
-predict = m.predict
-
-
-def _predict(feats, memory, valid, *a, **k):
-    if memory is not None:
-        rec["all"] = m.decode(feats, memory, valid).float()
-        rec["given"] = m.decode(feats, memory[:, :1], valid[:, :1]).float()
-    return predict(feats, memory, valid, *a, **k)
-
-
-m.predict = _predict
+rec = record_at_predict(m, lambda feats, memory, valid: {
+    "all": m.decode(feats, memory, valid).float(), "given": m.decode(feats, memory[:, :1], valid[:, :1]).float()})
 k = 1 + m.num_bg
 print(f"run {run}, fp32")
 print("frame || in object o's pixels (o = 1, 2, 3): logits of 1 2 3 from all stored frames | from the given frame alone"

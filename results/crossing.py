@@ -41,3 +41,38 @@ def track(m: HODOR, frames: int | None = None,
             tracker.step(read(t, hw) if read else src[t],
                          {i: (gt0 == i).astype(np.float32) for i in ids} if t == 0 else None)
         yield t, tracker
+
+
+def record_logits_and_offsets(m: HODOR) -> dict[str, torch.Tensor]:
+    """Wraps m's decoder and short-term path so that each frame leaves, in the returned dict, "lg": the logits from
+    the descriptors alone (B, 1 + Qb + I, H/4, W/4) and "off": the path's offsets (B, I, h, w), both fp32."""
+    rec: dict[str, torch.Tensor] = {}
+    decode, carry = m._decode, m.short_term.forward
+
+    def _decode(*a, **k):
+        out = decode(*a, **k)
+        rec["lg"] = out[0].float()
+        return out
+
+    def _carry(*a, **k):
+        out = carry(*a, **k)
+        rec["off"] = out.float()
+        return out
+
+    m._decode, m.short_term.forward = _decode, _carry
+    return rec
+
+
+def record_at_predict(m: HODOR, what: Callable[..., dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Wraps m.predict so that each frame decoded from a memory leaves what(feats, memory, memory_valid) in the
+    returned dict (frame 0, decoded from nothing, leaves nothing)."""
+    rec: dict[str, torch.Tensor] = {}
+    predict = m.predict
+
+    def _predict(feats, memory, valid, *a, **k):
+        if memory is not None:
+            rec.update(what(feats, memory, valid))
+        return predict(feats, memory, valid, *a, **k)
+
+    m.predict = _predict
+    return rec

@@ -16,32 +16,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from crossing import ROOT, SEQ, model, track, truth
+from crossing import ROOT, SEQ, model, record_logits_and_offsets, track, truth
 
 run = next((a for a in sys.argv[1:] if not a.startswith("--")), "mnoise")
 pil = "--pil" in sys.argv
 m = model(run)
-rec = {}
-decode, carry = m._decode, m.short_term.forward
-
-
-def _decode(*a, **k):
-    out = decode(*a, **k)
-    rec["lg"] = out[0].float()
-    return out
-
-
-def _carry(*a, **k):
-    out = carry(*a, **k)
-    rec["off"] = out.float()
-    return out
+rec = record_logits_and_offsets(m)
 
 
 def read_pil(t: int, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.open(f"{ROOT}JPEGImages/480p/{SEQ}/{t:05d}.jpg").convert("RGB").resize(hw[::-1]))
 
 
-m._decode, m.short_term.forward = _decode, _carry
 k = 1 + m.num_bg
 print(f"run {run}, frames resized by {'PIL bilinear' if pil else 'vos.data.video (cv2 area)'}, fp32")
 print("frame || in the rider: descriptor logits 1 / 2 | offsets 1 / 2 | probs 1 / 2 / 3 || in the girl: the same")

@@ -15,21 +15,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from crossing import model, track, truth
+from crossing import model, record_at_predict, track, truth
 
 run = sys.argv[1] if len(sys.argv) > 1 else "mnoise"
 m = model(run)
-rec = {}
-predict = m.predict
-
-
-def _predict(feats, memory, valid, *a, **k):
-    if memory is not None:
-        _, rec["e"], rec["k"] = (x.float() for x in m._decode(feats, memory[:, :1], valid[:, :1]))
-    return predict(feats, memory, valid, *a, **k)
-
-
-m.predict = _predict
+rec = record_at_predict(m, lambda feats, memory, valid: dict(
+    zip(("e", "k"), (x.float() for x in m._decode(feats, memory[:, :1], valid[:, :1])[1:]))))
 nb = m.num_bg
 print(f"run {run}, fp32; from the given frame's descriptors alone")
 for t, _ in track(m, frames=55):

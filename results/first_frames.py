@@ -16,23 +16,7 @@ import crossing
 
 run, crossing.SEQ, obj = sys.argv[1], sys.argv[2], int(sys.argv[3])
 m = crossing.model(run)
-rec = {}
-decode, carry = m._decode, m.short_term.forward
-
-
-def _decode(*a, **k):
-    out = decode(*a, **k)
-    rec["lg"] = out[0].float()
-    return out
-
-
-def _carry(*a, **k):
-    out = carry(*a, **k)
-    rec["off"] = out.float()
-    return out
-
-
-m._decode, m.short_term.forward = _decode, _carry
+rec = crossing.record_logits_and_offsets(m)
 k = 1 + m.num_bg
 print(f"run {run}, {crossing.SEQ}, in object {obj}'s pixels: descriptor logits of the objects | largest background "
       "cell | catch-all | offsets of the objects | probabilities (background, objects) | pixels")
