@@ -534,6 +534,36 @@ def test_merge_regime_pastes_partner_objects_as_objects_or_distractors():
     assert labelled >= 5 and distractor >= 5
 
 
+def test_small_pastes_partner_objects_at_one_to_three_percent_of_the_frame_as_objects():
+    """Augment.small: the pasted objects are scaled down to SMALL_SHARE of the frame (cut where they leave it) and,
+    unless the partner is the clip itself, are objects to track; without it the clips are drawn as before."""
+    import dataclasses
+
+    from vos.data.augment import AUGMENT
+    from vos.data.clips import SMALL_SHARE, make_sample
+
+    red, blue = _one_colour_unit(0, (20, 80, 20, 100)), _one_colour_unit(2, (30, 70, 40, 90))
+    size = (96, 96)
+    small = dataclasses.replace(AUGMENT["merge"], small=1.0)
+    shares, labelled, plain = [], 0, []
+    for seed in range(30):
+        s = make_sample(red, "merge", size, 3, 12, seed=seed, background=blue, aug=small)
+        img, m = s["images"] * 255, s["masks"] > 0
+        blue_px = (img[0, 2] > img[0, 0] + 40).float().mean().item()
+        if blue_px > 0:
+            shares.append(blue_px)
+        if s["valid"][1] and (m[0, 1] & (img[0, 2] > img[0, 0] + 40)).sum() > 0.7 * m[0, 1].sum():
+            labelled += 1
+        plain.append(make_sample(red, "merge", size, 3, 12, seed=seed, background=blue)["images"])
+        same = make_sample(red, "merge", size, 3, 12, seed=seed, background=blue, aug=AUGMENT["merge_hide"])
+        assert torch.equal(same["images"], make_sample(red, "merge", size, 3, 12, seed=seed, background=blue,
+                                                       aug=dataclasses.replace(AUGMENT["merge_hide"], small=0.0))["images"])
+    assert len(shares) >= 15 and max(shares) <= SMALL_SHARE[1] * 1.3 and np.median(shares) >= SMALL_SHARE[0] * 0.7
+    assert labelled >= 15  # tracked, not distractors (a quarter of partners are the clip itself: look-alikes)
+    big = [(p[0, 2] * 255 > p[0, 0] * 255 + 40).float().mean().item() for p in plain]
+    assert np.median([b for b in big if b > 0]) > 2 * SMALL_SHARE[1]  # the plain merge pastes them far bigger
+
+
 def test_a_clip_without_a_mask_at_a_frame_adds_nothing_to_that_frames_loss(tmp_path):
     """Sparse clips: a frame without a mask is left out of its paths' losses (void), exactly as if that clip were
     not in the batch for them."""

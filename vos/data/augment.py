@@ -33,6 +33,9 @@ class Augment:
     # objects from frame 0 on, over its edge (see vos.data.clips._touch): two touching objects whose ids must not bleed
     # across their boundary
     touch: float = 0.0
+    # merge: chance that the pasted objects are scaled down to 1-3 % of the frame (vos.data.clips.SMALL_SHARE) and
+    # tracked: a small object beside or over bigger ones (the validation composites' worst objects are such)
+    small: float = 0.0
     # any regime: chance that a thin band of scene (a pole, a trunk: the frame's own pixels from elsewhere) stands in
     # front of one of the clip's objects on every frame, drifting steadily, labelled background: the object passes
     # behind it and shows on both sides (see vos.data.clips._band)
@@ -66,6 +69,7 @@ AUGMENT = {
     "dense_band": Augment(warp0=0.3, warp=0.3, colour=False, band=0.5),
     "dense_band_behind": Augment(warp0=0.3, warp=0.3, colour=False, band=0.5, behind=0.6),
     "merge_hide_touch": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, hide=0.3, touch=0.8),
+    "merge_hide_small": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, hide=0.3, small=0.5),
     "merge_hide_behind": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, hide=0.3, behind=0.6),
     "dense": Augment(warp0=0.3, warp=0.3, colour=False),
 }

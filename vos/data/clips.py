@@ -36,6 +36,7 @@ REGIMES = ("static", "composite", "merge", "sparse", "dense")
 PARTNER_ID = 1000  # partner ids are shifted by this in merged clips
 DISTRACTOR_P = 0.5  # merged clips: chance that another image's pasted objects are unlabelled distractors
 COPY_P = 0.25  # merged clips: chance that the partner is the image itself (a look-alike distractor)
+SMALL_SHARE = (0.01, 0.03)  # merged clips, Augment.small: the pasted objects' share of the frame after scaling down
 HIDE_MAX_BOX = 0.2  # merged clips: objects hidden behind an occluder (Augment.hide) have a box of at most this share
 BAND_WIDTH = (0.04, 0.12)  # occluding bands (Augment.band): width, as a share of the frame's width
 BEHIND_MAX_WIDTH = 0.5  # Augment.behind: objects wider than this share of the frame do not pass behind a strip
@@ -94,7 +95,7 @@ def _big_objects(mask: np.ndarray) -> list[int]:
 
 
 def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_objects: int, copy: bool,
-           crossing: float = 0.0, leave: float = 0.0, hide: float = 0.0, touch: float = 0.0):
+           crossing: float = 0.0, leave: float = 0.0, hide: float = 0.0, touch: float = 0.0, small: float = 0.0):
     """Paste 1-2 objects of a partner clip over a clip (Cutie/STCN's "merge two clips"): they move on their own,
     occlude the clip's objects, and are either more objects to track or, with probability DISTRACTOR_P (always
     when `copy`: the partner is the same image, so the pasted object is a look-alike), unlabelled distractors
@@ -103,15 +104,24 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
     probability `leave` (Augment.leave), they leave the frame and come back (see `_leave_and_return`); otherwise,
     with probability `touch` (Augment.touch), they stand against one of the clip's objects (see `_touch`). With
     probability `hide` (Augment.hide), one of the clip's objects whose box takes at most HIDE_MAX_BOX of the frame
-    is hidden for the middle frames (see `_hide`)."""
+    is hidden for the middle frames (see `_hide`). With probability `small` (Augment.small) the pasted objects are
+    scaled down to SMALL_SHARE of the frame together, and are objects to track (unless `copy`): a small object in a
+    scene of bigger ones, which its own descriptor must still pick out."""
     p_imgs, p_masks, p_objs = partner
     if not p_objs:
         return imgs, masks, objs
-    small = [o for o in objs if _box_share(masks[0] == o) <= HIDE_MAX_BOX] if hide and len(masks) >= 4 else []
-    if small and rng.random() < hide:  # a bigger object's occluder would be a cut to another scene
-        imgs, masks = _hide(imgs, masks, small[int(rng.integers(len(small)))], p_imgs)
-    p_imgs, p_masks = _shrink(p_imgs, p_masks, rng)
-    p_objs = [int(o) for o in rng.permutation(p_objs)[: int(rng.integers(1, 3))]]
+    hideable = [o for o in objs if _box_share(masks[0] == o) <= HIDE_MAX_BOX] if hide and len(masks) >= 4 else []
+    if hideable and rng.random() < hide:  # a bigger object's occluder would be a cut to another scene
+        imgs, masks = _hide(imgs, masks, hideable[int(rng.integers(len(hideable)))], p_imgs)
+    tiny = small > 0 and rng.random() < small  # no draw without it: the other rows' clips stay as they were
+    if tiny:
+        p_objs = [int(o) for o in rng.permutation(p_objs)[: int(rng.integers(1, 3))]]
+        area = int(np.isin(p_masks[0], p_objs).sum())
+        f = min(1.0, float(np.sqrt(rng.uniform(*SMALL_SHARE) * p_masks[0].size / max(area, 1))))
+        p_imgs, p_masks = _shrink(p_imgs, p_masks, rng, scale=(f, f))
+    else:
+        p_imgs, p_masks = _shrink(p_imgs, p_masks, rng)
+        p_objs = [int(o) for o in rng.permutation(p_objs)[: int(rng.integers(1, 3))]]
     keep = [np.isin(m, p_objs) for m in p_masks]
     if crossing and objs and keep[0].any() and rng.random() < crossing:
         mid = len(masks) // 2
@@ -128,7 +138,7 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
     visible = _big_objects(masks[0])
     objs = [o for o in objs if o in visible]  # still visible after the occlusion
     rng.shuffle(objs)
-    if objs and (copy or rng.random() < DISTRACTOR_P):
+    if objs and (copy or (not tiny and rng.random() < DISTRACTOR_P)):
         return imgs, masks, objs
     extra = [o + PARTNER_ID for o in p_objs if o + PARTNER_ID in visible]
     return imgs, masks, objs[: max(1, max_objects - len(extra))] + extra
@@ -366,7 +376,7 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
         copy = bool(rng.random() < COPY_P)
         partner = _frames_of(unit if copy else background, "merge", size, max_gap, rng, aug, clip_len)
         imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy, aug.crossing, aug.leave,
-                                   aug.hide, aug.touch)
+                                   aug.hide, aug.touch, aug.small)
     else:
         rng.shuffle(objs)
     objs = objs[:max_objects]
