@@ -34,7 +34,7 @@ class Augment:
     # across their boundary
     touch: float = 0.0
     # merge: chance that the pasted objects are scaled down to 1-3 % of the frame (vos.data.clips.SMALL_SHARE) and
-    # tracked: a small object beside or over bigger ones (the validation composites' worst objects are such)
+    # tracked: a small object in a scene of bigger ones (the validation composites' worst objects are such)
     small: float = 0.0
     # any regime: chance that a thin band of scene (a pole, a trunk: the frame's own pixels from elsewhere) stands in
     # front of one of the clip's objects on every frame, drifting steadily, labelled background: the object passes
