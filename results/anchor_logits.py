@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from crossing import model, record_at_predict, track, truth
+from crossing import model, record_at_predict, row, track, truth
 
 run = sys.argv[1] if len(sys.argv) > 1 else "mnoise"
 m = model(run)
@@ -31,12 +31,5 @@ for t, tracker in track(m):
     every, given = got["all"][0, k:], got["given"][0, k:]
     probs = tracker.last.probs[0, 1:].float()
     gt = truth(t, every.shape[-2:])
-    cols = []
-    for obj in (1, 2, 3):
-        r = torch.from_numpy(gt == obj)
-        if r.sum() < 3:
-            cols.append(f"{'(absent)':^50}")
-            continue
-        cols.append(" ".join(f"{float(x[i][r].mean()):4.1f}" for x in (every, given) for i in range(3)) + " | " +
-                    " ".join(f"{float(probs[i][r].mean()):.2f}" for i in range(3)))
-    print(f"{t:5d} || " + " || ".join(cols), flush=True)
+    print(row(t, gt, lambda r: " ".join(f"{float(x[i][r].mean()):4.1f}" for x in (every, given) for i in range(3)) +
+              " | " + " ".join(f"{float(probs[i][r].mean()):.2f}" for i in range(3)), 50), flush=True)

@@ -76,3 +76,13 @@ def record_at_predict(m: HODOR, what: Callable[..., dict[str, torch.Tensor]]) ->
 
     m.predict = _predict
     return rec
+
+
+def row(t: int, gt: np.ndarray, cell: Callable[[torch.Tensor], str], width: int) -> str:
+    """One printed line for frame t: cell(pixels) for objects 1, 2, 3 (pixels: a bool mask of the object's true
+    pixels in gt), "(absent)" centred in `width` for an object with fewer than 3 of them."""
+    cols = []
+    for obj in (1, 2, 3):
+        r = torch.from_numpy(gt == obj)
+        cols.append(cell(r) if r.sum() >= 3 else f"{'(absent)':^{width}}")
+    return f"{t:5d} || " + " || ".join(cols)

@@ -15,7 +15,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from crossing import model, record_at_predict, track, truth
+from crossing import model, record_at_predict, row, track, truth
 
 run = sys.argv[1] if len(sys.argv) > 1 else "mnoise"
 m = model(run)
@@ -34,13 +34,6 @@ for t, _ in track(m, frames=55):
     logit = torch.einsum("qc,chw->qhw", k, e) / math.sqrt(k.shape[-1])
     cos = torch.einsum("qc,chw->qhw", F.normalize(k, dim=-1), F.normalize(e, dim=0))
     gt = truth(t, e.shape[-2:])
-    cols = []
-    for obj in (1, 2, 3):
-        r = torch.from_numpy(gt == obj)
-        if r.sum() < 3:
-            cols.append(f"{'(absent)':^40}")
-            continue
-        cols.append(f"{float(e.norm(dim=0)[r].mean()):4.1f} | " +
-                    " ".join(f"{float(logit[nb + i][r].mean()):4.1f}" for i in range(3)) + " | " +
-                    " ".join(f"{float(cos[nb + i][r].mean()):5.2f}" for i in range(3)))
-    print(f"{t:5d} || " + " || ".join(cols), flush=True)
+    print(row(t, gt, lambda r: f"{float(e.norm(dim=0)[r].mean()):4.1f} | " +
+              " ".join(f"{float(logit[nb + i][r].mean()):4.1f}" for i in range(3)) + " | " +
+              " ".join(f"{float(cos[nb + i][r].mean()):5.2f}" for i in range(3)), 40), flush=True)
