@@ -1,15 +1,16 @@
 """Can an object's descriptors give back the mask they were made from? The given frame decoded from its own
 descriptors, for every object of the multi-object validation composites.
 
-    python results/self_decode.py [RUN] [--frame1] [--root DIR]     (RUN: a run under runs/, default mnoise)
+    python results/self_decode.py [RUN] [--frame1] [--root DIR]     (RUN: a run under runs/ or a .pt; default mnoise)
 
 For each composite (data/val10-composites, frames at short side 288 as the Tracker reads them, fp32): encode frame 0
 from its true masks (HODOR.encode), decode frame 0 from those descriptors alone (HODOR.decode: no short-term path, no
 other frame; --frame1: decode frame 1 instead, what the first propagated frame sees before the path's offsets), and
 score each object's argmax mask against the truth at stride 4 (IoU). Prints one line per object with its area (share
 of the frame) and, per video, the mean logit of every object inside its true pixels, then the correlation of IoU with
-log area. --root: another DAVIS-2017 layout, e.g. the training composites
-data/davis2016_train20-pseudo_train20-60x25 (their masks are the teacher's). Needs data/val10-composites (python -m
+log area, and the IoU by size (share of the frame). --root: another DAVIS-2017 layout, e.g. the training composites
+data/davis2016_train20-pseudo_train20-60x25 (their masks are the teacher's) or merged photo clips
+(results/photo_clips.py). Needs data/val10-composites (python -m
 vos.data.composites) and runs/RUN.
 """
 import sys
@@ -27,7 +28,7 @@ args = sys.argv[1:]
 root = Path(args.pop(args.index("--root") + 1) if "--root" in args else "data/val10-composites")
 run = next((a for a in args if not a.startswith("--")), "mnoise")
 t1 = 1 if "--frame1" in args else 0
-m = load_models(f"runs/{run}/checkpoint.pt", torch.device("cpu"))[0].eval()
+m = load_models(run if run.endswith(".pt") else f"runs/{run}/checkpoint.pt", torch.device("cpu"))[0].eval()
 
 
 def truth(seq: str, t: int, hw: tuple[int, int]) -> np.ndarray:
@@ -62,3 +63,6 @@ for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
 iou, area = np.array(rows).T
 print(f"mean IoU {iou.mean():.2f}; objects under 3 % of the frame {iou[area < 3].mean():.2f} ({(area < 3).sum()}), "
       f"the others {iou[area >= 3].mean():.2f}; corr(IoU, log area) {np.corrcoef(iou, np.log(area))[0, 1]:.2f}")
+buckets = [(name, (area >= lo) & (area < hi)) for name, lo, hi in
+           (("< 1", 0, 1), ("1-3", 1, 3), ("3-10", 3, 10), (">= 10", 10, np.inf))]
+print("IoU by share of the frame: " + "; ".join(f"{name} % {iou[b].mean():.2f} ({b.sum()})" for name, b in buckets if b.any()))
