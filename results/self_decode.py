@@ -10,7 +10,7 @@ score each object's argmax mask against the truth at stride 4 (IoU). Prints one 
 of the frame), `near` (the cosine of its descriptor with the nearest other object's descriptor of the same frame: how
 alike the model finds them) and the mean logit of every object of the video inside its true pixels; then the
 correlation of IoU with log area, the IoU by size, the same for `near`, and `near` for the stride-8 features averaged
-in the mask (what the encoder starts from).
+in the mask (what the encoder starts from) and for the decoder's stride-4 mask embedding averaged in the mask.
 --root: another DAVIS-2017 layout, e.g. the training composites data/davis2016_train20-pseudo_train20-60x25 (their
 masks are the teacher's) or merged photo clips (results/photo_clips.py).
 --alpha-floor A (diagnosis only): raise the encoder's soft-mask alphas to at least A, so no head reads outside the mask.
@@ -68,7 +68,7 @@ for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
         masks_s4 = m.masks_to_s4(masks, f0)
         desc = m.encode(f0, masks_s4)
         ft = f0 if t1 == 0 else m.features(torch.from_numpy(np.array(src[t1])).permute(2, 0, 1).float().div(255)[None])
-        logits = m.decode(ft, desc[:, None], torch.ones(desc.shape[:2], dtype=torch.bool)[:, None])
+        logits, emb, _ = m._decode(ft, desc[:, None], torch.ones(desc.shape[:2], dtype=torch.bool)[:, None])
     h4, w4 = -(-hw[0] // 4), -(-hw[1] // 4)
     labels = logits_to_probs(logits, m.num_bg)[0, :, :h4, :w4].argmax(0).numpy()
     obj_logits = logits[0, 1 + m.num_bg:, :h4, :w4]
@@ -76,14 +76,16 @@ for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
     near = nearest(desc[0, m.num_bg:])
     hard = (F.avg_pool2d(masks_s4, 2).flatten(2)[0] > 0.5).float()  # the stride-8 cells the encoder's mean starts from
     near_f = nearest(hard @ f0.f8.flatten(2)[0].T / hard.sum(-1, keepdim=True).clamp(min=1))
+    hard4 = (masks_s4.flatten(2)[0] > 0.5).float()
+    near_e = nearest(hard4 @ emb[0].flatten(1).T.float() / hard4.sum(-1, keepdim=True).clamp(min=1))
     for j, i in enumerate(ids):
         g, p = gt == i, labels == j + 1
         iou = (g & p).sum() / max((g | p).sum(), 1)
         mean = [float(obj_logits[k][torch.from_numpy(g)].mean()) if g.any() else float("nan") for k in range(len(ids))]
-        rows.append((iou, g.mean() * 100, near[j], near_f[j]))
+        rows.append((iou, g.mean() * 100, near[j], near_f[j], near_e[j]))
         print(f"{iou:.2f} | {g.mean() * 100:5.2f} | {near[j]:4.2f} | {seq}_{i:<3d}| " +
               " ".join(f"{v:5.1f}{'*' if k == j else ' '}" for k, v in enumerate(mean)), flush=True)
-iou, area, near, near_f = np.array(rows).T
+iou, area, near, near_f, near_e = np.array(rows).T
 print(f"mean IoU {iou.mean():.2f}; objects under 3 % of the frame {iou[area < 3].mean():.2f} ({(area < 3).sum()}), "
       f"the others {iou[area >= 3].mean():.2f}; corr(IoU, log area) {np.corrcoef(iou, np.log(area))[0, 1]:.2f}")
 buckets = [(name, (area >= lo) & (area < hi)) for name, lo, hi in
@@ -100,3 +102,5 @@ print(f"near (cosine of an object's descriptor with the nearest other object's):
       f"({(near >= 0.5).sum()}), below: {iou[near < 0.5].mean():.2f} ({(near < 0.5).sum()})")
 print(f"the same for the stride-8 features averaged in the mask (what the encoder starts from): mean {near_f.mean():.2f}; "
       f"corr with near {np.corrcoef(near, near_f)[0, 1]:.2f}")
+print(f"the same for the decoder's stride-4 mask embedding averaged in the mask: mean {near_e.mean():.2f}; "
+      f"corr with near {np.corrcoef(near, near_e)[0, 1]:.2f}; corr(IoU, it) {np.corrcoef(iou, near_e)[0, 1]:.2f}")
