@@ -1054,3 +1054,42 @@ def test_appearance_loss_supervises_the_logits_of_the_descriptors_alone(tmp_path
         with torch.no_grad():
             losses.append(CycleModel(model, False, True, appearance_loss=weight)(batch, 0)[0])
     assert losses[1] > losses[0] + 0.1  # a second mask loss (>= ~0.5 x CE of an untrained decode) is added
+
+
+def test_separation_loss_penalises_alike_features_of_different_objects_only():
+    from vos.train.cycles import separation_loss
+
+    f = torch.zeros(1, 4, 2, 4)
+    f[0, 0, :, :2] = 1.0  # left half: direction 0
+    f[0, 1, :, 2:] = 1.0  # right half: direction 1 (orthogonal)
+    m = torch.zeros(1, 3, 2, 4)
+    m[0, 0, :, 0] = 1  # object 1: left
+    m[0, 1, :, 1] = 1  # object 2: left too, same features
+    m[0, 2, :, 3] = 1  # object 3: right
+    valid = torch.tensor([[True, True, True]])
+    # pairs (1,2), (2,1): cosine 1 -> 0.5 each; the four pairs with object 3: cosine 0 -> 0
+    torch.testing.assert_close(separation_loss(f, m, valid), torch.tensor(1.0 / 6))
+    torch.testing.assert_close(separation_loss(f, m, torch.tensor([[True, False, True]])), torch.tensor(0.0))
+    torch.testing.assert_close(separation_loss(f, m, torch.tensor([[True, True, False]])), torch.tensor(0.5))
+    tiny = m.clone()
+    tiny[0, 1] *= 0.1  # object 2 covers less than one cell: left out
+    torch.testing.assert_close(separation_loss(f, tiny, valid), torch.tensor(0.0))
+
+
+def test_separation_loss_is_added_with_its_weight_and_reaches_the_backbone(tmp_path):
+    cfg = cfg_for(tmp_path)
+    torch.manual_seed(0)
+    model = HODOR(cfg.model)
+    batch = _batch(cfg)
+    out = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(1)
+        out[weight] = CycleModel(model, False, True, separation_loss=weight)(batch, 0)
+    total0, parts0 = out[0.0][:2]
+    total2, parts2 = out[2.0][:2]
+    assert "separation" not in parts0 and parts2["separation"] > 0
+    torch.testing.assert_close(total2, total0 + 2.0 * parts2["separation"], rtol=1e-4, atol=1e-5)
+    model.zero_grad()
+    parts2["separation"].backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone") and p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)

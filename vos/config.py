@@ -310,6 +310,10 @@ class CycleConfig:
     # weight of a second mask loss on the logits decoded from the descriptors alone (before the short-term path's
     # offsets): descriptors that keep two look-alike objects apart by themselves (0 = off)
     appearance_loss: float = bounded(0.0, min=0.0)
+    # weight of a term that pushes apart the mask-averaged stride-8 features of different objects of a frame (cosine
+    # above 0.5; vos.train.cycles.separation_loss): objects whose features are alike get alike descriptors and are
+    # confused (0 = off)
+    separation_loss: float = bounded(0.0, min=0.0)
 
 
 @dataclass

@@ -182,6 +182,21 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
     return ce + dice_loss(probs, target, valid.float())
 
 
+def separation_loss(f8: torch.Tensor, masks_s8: torch.Tensor, valid: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
+    """How alike the features of different objects of one frame are: the mean over pairs of labelled objects of
+    relu(cosine of their mask-averaged features - margin). f8 (B, C, h, w) features, masks_s8 (B, K, h, w) in [0, 1],
+    valid (B, K). Objects that cover less than one cell, and frames with fewer than two objects, add nothing.
+    The descriptors are made from these averages, and objects whose averages are alike are confused
+    (results/self_decode.py: `near`)."""
+    area = masks_s8.flatten(2).sum(-1)  # (B, K)
+    pooled = torch.einsum("bkp,bcp->bkc", masks_s8.flatten(2).to(f8.dtype), f8.flatten(2)) / area.clamp(min=1e-6)[..., None]
+    unit = F.normalize(pooled.float(), dim=-1)
+    use = valid & (area >= 1)
+    pair = use[:, :, None] & use[:, None, :] & ~torch.eye(use.shape[1], dtype=torch.bool, device=use.device)
+    cos = unit @ unit.transpose(1, 2)
+    return (F.relu(cos - margin) * pair).sum() / pair.sum().clamp(min=1)
+
+
 def hardest_mean(loss: torch.Tensor, known: torch.Tensor, share: float) -> torch.Tensor:
     """loss, known (B, N): the mean over every row's ceil(share * its known count) highest known values, all rows
     together (by sorting: no host sync)."""
@@ -252,15 +267,18 @@ class CycleModel(nn.Module):
     """Wraps HODOR so that one forward() computes all cycle losses of a batch (what DDP needs to wrap)."""
 
     def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False,
-                 memory_noise: float = 0.0, hard_pixels: float = 1.0, hard_ramp: int = 0, appearance_loss: float = 0.0):
+                 memory_noise: float = 0.0, hard_pixels: float = 1.0, hard_ramp: int = 0, appearance_loss: float = 0.0,
+                 separation_loss: float = 0.0):
         """hard_pixels, hard_ramp: bootstrapped CE (mask_loss's `hard`), all pixels at iteration 0 down to
         `hard_pixels` at iteration `hard_ramp` (hard_share). appearance_loss: weight of a second mask loss on every
         supervised path's logits from the descriptors alone (`StepOutput.appearance`), so that the descriptors keep
-        objects apart by themselves and not only with the short-term path's offsets."""
+        objects apart by themselves and not only with the short-term path's offsets. separation_loss: weight of
+        `separation_loss` on the features of every frame with known masks, added to the mean of the paths' losses."""
         super().__init__()
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
         self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
         self.hard_pixels, self.hard_ramp, self.appearance_loss = hard_pixels, hard_ramp, appearance_loss
+        self.separation_loss = separation_loss
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path (background
@@ -307,6 +325,11 @@ class CycleModel(nn.Module):
             outputs[name_of(path)] = lg.detach()
             scores += torch.stack(per_object_scores(lg, tgt, sup_valid))
         total = sum(losses.values()) / len(losses)
+        if self.separation_loss > 0:
+            sep = torch.stack([separation_loss(f.f8, F.avg_pool2d(m.masks_to_s4(masks[:, t], f), 2), valid & has[:, t, None])
+                               for t, f in enumerate(feats)]).mean()
+            losses["separation"] = sep
+            total = total + self.separation_loss * sep
         outputs["per_object"] = scores
         return total, losses, outputs
 

@@ -120,7 +120,8 @@ class Trainer:
                 p.requires_grad_(False)
         self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles,
                                 cfg.cycles.presence_balanced, cfg.cycles.memory_noise, cfg.cycles.hard_pixels,
-                                cfg.optim.steps // 2, cfg.cycles.appearance_loss).to(self.device)
+                                cfg.optim.steps // 2, cfg.cycles.appearance_loss,
+                                cfg.cycles.separation_loss).to(self.device)
         if self.world > 1:
             self.cycle = torch.nn.parallel.DistributedDataParallel(
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
