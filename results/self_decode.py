@@ -41,14 +41,8 @@ if alpha_floor is not None:  # diagnosis only: every soft-masked head of the enc
                 p.clamp_(min=alpha_floor)
 
 
-
 def truth(seq: str, t: int, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.open(root / f"Annotations/480p/{seq}/{t:05d}.png").resize(hw[::-1], Image.NEAREST))
-
-
-print(f"run {run}, fp32: frame {t1} decoded from frame 0's descriptors alone")
-print("IoU  | area % | near | object | mean logits of the video's objects in its true pixels (own one starred)")
-rows = []
 
 
 def nearest(x: torch.Tensor) -> list[float]:
@@ -57,6 +51,21 @@ def nearest(x: torch.Tensor) -> list[float]:
     return (x @ x.T).fill_diagonal_(-1).max(1).values.tolist()
 
 
+def mask_means(masks: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """(I, C): each map (C, h, w) averaged over the cells where a mask (I, h, w) is above 0.5."""
+    hard = (masks.flatten(1) > 0.5).float()
+    return hard @ maps.flatten(1).T.float() / hard.sum(-1, keepdim=True).clamp(min=1)
+
+
+def residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """y less its least-squares fit on x."""
+    A = np.c_[x, np.ones_like(x)]
+    return y - A @ np.linalg.lstsq(A, y, rcond=None)[0]
+
+
+print(f"run {run}, fp32: frame {t1} decoded from frame 0's descriptors alone")
+print("IoU  | area % | near | object | mean logits of the video's objects in its true pixels (own one starred)")
+rows = []
 for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
     src = open_frames(root / f"JPEGImages/480p/{seq}", short_side=288)
     hw = src.size
@@ -74,10 +83,8 @@ for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
     obj_logits = logits[0, 1 + m.num_bg:, :h4, :w4]
     gt = truth(seq, t1, (h4, w4))
     near = nearest(desc[0, m.num_bg:])
-    hard = (F.avg_pool2d(masks_s4, 2).flatten(2)[0] > 0.5).float()  # the stride-8 cells the encoder's mean starts from
-    near_f = nearest(hard @ f0.f8.flatten(2)[0].T / hard.sum(-1, keepdim=True).clamp(min=1))
-    hard4 = (masks_s4.flatten(2)[0] > 0.5).float()
-    near_e = nearest(hard4 @ emb[0].flatten(1).T.float() / hard4.sum(-1, keepdim=True).clamp(min=1))
+    near_f = nearest(mask_means(F.avg_pool2d(masks_s4, 2)[0], f0.f8[0]))  # the cells the encoder's mean starts from
+    near_e = nearest(mask_means(masks_s4[0], emb[0]))
     for j, i in enumerate(ids):
         g, p = gt == i, labels == j + 1
         iou = (g & p).sum() / max((g | p).sum(), 1)
@@ -90,17 +97,14 @@ print(f"mean IoU {iou.mean():.2f}; objects under 3 % of the frame {iou[area < 3]
       f"the others {iou[area >= 3].mean():.2f}; corr(IoU, log area) {np.corrcoef(iou, np.log(area))[0, 1]:.2f}")
 buckets = [(name, (area >= lo) & (area < hi)) for name, lo, hi in
            (("< 1", 0, 1), ("1-3", 1, 3), ("3-10", 3, 10), (">= 10", 10, np.inf))]
-print("IoU by share of the frame: " + "; ".join(f"{name} % {iou[b].mean():.2f} ({b.sum()})" for name, b in buckets if b.any()))
-def residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    A = np.c_[x, np.ones_like(x)]
-    return y - A @ np.linalg.lstsq(A, y, rcond=None)[0]
-
-
+print("IoU by share of the frame: " +
+      "; ".join(f"{name} % {iou[b].mean():.2f} ({b.sum()})" for name, b in buckets if b.any()))
 partial = np.corrcoef(residual(iou, np.log(area)), residual(near, np.log(area)))[0, 1]
 print(f"near (cosine of an object's descriptor with the nearest other object's): mean {near.mean():.2f}; "
-      f"corr(IoU, near) {np.corrcoef(iou, near)[0, 1]:.2f}, at equal log area {partial:.2f}; IoU where near >= 0.5: {iou[near >= 0.5].mean():.2f} "
-      f"({(near >= 0.5).sum()}), below: {iou[near < 0.5].mean():.2f} ({(near < 0.5).sum()})")
-print(f"the same for the stride-8 features averaged in the mask (what the encoder starts from): mean {near_f.mean():.2f}; "
-      f"corr with near {np.corrcoef(near, near_f)[0, 1]:.2f}")
+      f"corr(IoU, near) {np.corrcoef(iou, near)[0, 1]:.2f}, at equal log area {partial:.2f}; "
+      f"IoU where near >= 0.5: {iou[near >= 0.5].mean():.2f} ({(near >= 0.5).sum()}), "
+      f"below: {iou[near < 0.5].mean():.2f} ({(near < 0.5).sum()})")
+print("the same for the stride-8 features averaged in the mask (what the encoder starts from): "
+      f"mean {near_f.mean():.2f}; corr with near {np.corrcoef(near, near_f)[0, 1]:.2f}")
 print(f"the same for the decoder's stride-4 mask embedding averaged in the mask: mean {near_e.mean():.2f}; "
       f"corr with near {np.corrcoef(near, near_e)[0, 1]:.2f}; corr(IoU, it) {np.corrcoef(iou, near_e)[0, 1]:.2f}")

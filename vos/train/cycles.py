@@ -189,8 +189,8 @@ def separation_loss(f8: torch.Tensor, masks_s8: torch.Tensor, valid: torch.Tenso
     The descriptors are made from these averages, and objects whose averages are alike are confused
     (results/self_decode.py: `near`)."""
     area = masks_s8.flatten(2).sum(-1)  # (B, K)
-    pooled = torch.einsum("bkp,bcp->bkc", masks_s8.flatten(2).to(f8.dtype), f8.flatten(2)) / area.clamp(min=1e-6)[..., None]
-    unit = F.normalize(pooled.float(), dim=-1)
+    summed = torch.einsum("bkp,bcp->bkc", masks_s8.flatten(2).to(f8.dtype), f8.flatten(2))
+    unit = F.normalize(summed.float(), dim=-1)  # the division by the area would not change the direction
     use = valid & (area >= 1)
     pair = use[:, :, None] & use[:, None, :] & ~torch.eye(use.shape[1], dtype=torch.bool, device=use.device)
     cos = unit @ unit.transpose(1, 2)
@@ -326,8 +326,8 @@ class CycleModel(nn.Module):
             scores += torch.stack(per_object_scores(lg, tgt, sup_valid))
         total = sum(losses.values()) / len(losses)
         if self.separation_loss > 0:
-            sep = torch.stack([separation_loss(f.f8, F.avg_pool2d(m.masks_to_s4(masks[:, t], f), 2), valid & has[:, t, None])
-                               for t, f in enumerate(feats)]).mean()
+            sep = torch.stack([separation_loss(f.f8, F.avg_pool2d(m.masks_to_s4(masks[:, t], f), 2),
+                                               valid & has[:, t, None]) for t, f in enumerate(feats)]).mean()
             losses["separation"] = sep
             total = total + self.separation_loss * sep
         outputs["per_object"] = scores
