@@ -561,3 +561,19 @@ def test_refine_starts_as_bilinear_and_learns_a_boundary_finer_than_stride_4():
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="stride-2"):
         HODOR(tiny_cfg(**{"decoder.refine": True, "backbone": "swin_t"}))
+
+
+def test_lateral8_adds_the_stride_8_lateral_to_the_top_down_features():
+    """model.lateral8: f8 is today's FPN output (zero skip at the start) plus a 1x1 conv of the stride-8 lateral
+    alone, so what the top-down sum washes out can reach the encoder, the decoder and the short-term keys."""
+    torch.manual_seed(0)
+    m = HODOR(tiny_cfg(lateral8=True)).eval()
+    img = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        before = m.features(img).f8
+        torch.nn.init.normal_(m.fpn.lateral8.weight, std=0.1)
+        after = m.features(img).f8
+        rest = m.backbone((img - m.mean) / m.std)[1:]
+        expected = before + m.fpn.lateral8(m.fpn.lat[0](rest[1]))
+    torch.testing.assert_close(after, expected)
+    assert (after - before).abs().max() > 1e-2

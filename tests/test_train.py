@@ -1093,3 +1093,21 @@ def test_separation_loss_is_added_with_its_weight_and_reaches_the_backbone(tmp_p
     parts2["separation"].backward()
     grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone") and p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_lateral8_starts_fresh_from_a_checkpoint_without_it_and_trains_at_the_fresh_lr(tmp_path):
+    """model.lateral8 from a checkpoint without it: every other weight is the checkpoint's, the skip starts as a
+    no-op (zero) and trains in the fresh modules' group, where a training step moves it."""
+    from vos.train.loop import Trainer
+
+    plain = load_checkpoint(train(cfg_for(tmp_path / "a", "optim.steps=1")))["model"]
+    t = Trainer(cfg_for(tmp_path / "b", "optim.steps=1", f"init_from={tmp_path / 'a/checkpoint.pt'}",
+                        "model.lateral8=true", "optim.short_term_lr=0.005"))
+    sd = t.model.state_dict()
+    assert all(torch.equal(sd[k].float(), v.float()) for k, v in plain.items())
+    assert not t.model.fpn.lateral8.weight.any()
+    fresh = next(g for g in t.opt.param_groups if g["initial_lr"] == 0.005)
+    assert {id(p) for p in t.model.fpn.lateral8.parameters()} <= {id(p) for p in fresh["params"]}
+    skipped = load_checkpoint(train(cfg_for(tmp_path / "c", "optim.steps=2", f"init_from={tmp_path / 'a/checkpoint.pt'}",
+                                            "model.lateral8=true", "optim.short_term_lr=0.005")))["model"]
+    assert skipped["fpn.lateral8.weight"].abs().sum() > 0

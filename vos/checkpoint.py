@@ -109,8 +109,9 @@ def _has_backbone(weights: dict) -> bool:
 def init_from(model: HODOR, path: str | Path) -> None:
     """Start a run from another checkpoint's weights; "FILE.pt#K": member K of a checkpoint of several models.
     A frozen backbone may be absent from it; a different decoder.pixel_block starts fresh (only that block), and so
-    do a short-term path (or its given-frame read), a decoder anchor check and a stride-2 refinement the source lacks
-    (all start as no-ops: vos.model.short_term, vos.model.hodor.AnchorCheck, vos.model.hodor.Refine)."""
+    do a short-term path (or its given-frame read), a decoder anchor check, a stride-2 refinement and an FPN lateral8 the
+    source lacks (all start as no-ops: vos.model.short_term, vos.model.hodor.AnchorCheck, vos.model.hodor.Refine,
+    vos.model.hodor.FPN)."""
     path, _, member = str(path).partition("#")
     state = load_checkpoint(path)
     if "members" in state:
@@ -132,6 +133,8 @@ def init_from(model: HODOR, path: str | Path) -> None:
         fresh += r"|presence\."
     if not theirs_decoder.get("refine"):
         fresh += r"|refine\."
+    if not theirs.get("lateral8"):
+        fresh += r"|fpn\.lateral8\."
     if not theirs_st.get("radius"):
         fresh += r"|short_term\."
     if not theirs_st.get("given_topk"):

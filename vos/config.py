@@ -160,6 +160,11 @@ class ModelConfig:
     freeze_backbone: bool = False
     channels: int = bounded(96, min=8)  # C: stride-8 feature and descriptor width
     mask_channels: int = bounded(32, min=4)  # stride-4 mask-feature width
+    # the stride-8 features also carry the backbone's stride-8 lateral directly (vos.model.hodor.FPN.lateral8, a 1x1
+    # conv, zero-initialised: starts as today's FPN): the top-down sum is dominated by the stride-32 semantics, so
+    # two objects of one kind side by side (two people) come out nearly alike (mask-averaged cosine 0.98) where the
+    # lateral alone still tells them apart (0.66; RESULTS.md, 2026-12-06, thirty-ninth session)
+    lateral8: bool = False
     heads: int = bounded(8, min=1)
     ffn_mult: int = bounded(4, min=1)
     bg_grid: int = bounded(3, min=1)  # background descriptors = bg_grid ** 2

@@ -77,9 +77,10 @@ def sine_position(h: int, w: int, dim: int, device, dtype) -> torch.Tensor:
 
 
 class FPN(nn.Module):
-    """Top-down FPN: strides 32/16/8 to C channels (GN), stride 4 to the smaller mask width Cm."""
+    """Top-down FPN: strides 32/16/8 to C channels (GN), stride 4 to the smaller mask width Cm. With `lateral8`, the
+    stride-8 output also gets the stride-8 lateral through a zero-initialised 1x1 conv (ModelConfig.lateral8)."""
 
-    def __init__(self, in_channels: tuple[int, ...], c: int, cm: int):
+    def __init__(self, in_channels: tuple[int, ...], c: int, cm: int, lateral8: bool = False):
         super().__init__()
         c4, c8, c16, c32 = in_channels
         gn = lambda n: nn.GroupNorm(groups_for(n), n)  # noqa: E731
@@ -88,12 +89,19 @@ class FPN(nn.Module):
         self.lat4 = nn.Sequential(nn.Conv2d(c4, cm, 1), gn(cm))
         self.down8 = nn.Conv2d(c, cm, 1)
         self.smooth4 = nn.Sequential(nn.Conv2d(cm, cm, 3, padding=1), gn(cm), nn.ReLU())
+        self.lateral8 = nn.Conv2d(c, c, 1) if lateral8 else None
+        if lateral8:
+            nn.init.zeros_(self.lateral8.weight)
+            nn.init.zeros_(self.lateral8.bias)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x4, x8, x16, x32 = feats
         p = self.lat[2](x32)
         p = self.lat[1](x16) + F.interpolate(p, size=x16.shape[-2:], mode="nearest")
-        p8 = self.smooth8(self.lat[0](x8) + F.interpolate(p, size=x8.shape[-2:], mode="nearest"))
+        l8 = self.lat[0](x8)
+        p8 = self.smooth8(l8 + F.interpolate(p, size=x8.shape[-2:], mode="nearest"))
+        if self.lateral8 is not None:
+            p8 = p8 + self.lateral8(l8)
         p4 = self.smooth4(self.lat4(x4) + F.interpolate(self.down8(p8), size=x4.shape[-2:], mode="nearest"))
         return p4, p8
 
@@ -234,7 +242,7 @@ class HODOR(nn.Module):
             self.backbone.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
-        self.fpn = FPN(self.backbone.channels, c, cm)
+        self.fpn = FPN(self.backbone.channels, c, cm, cfg.lateral8)
         self.num_bg = cfg.bg_grid ** 2
         self.bg_query = nn.Parameter(torch.randn(self.num_bg, c) * 0.02)
         self.obj_query = nn.Parameter(torch.randn(1, c) * 0.02)

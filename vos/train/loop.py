@@ -127,7 +127,8 @@ class Trainer:
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # the modules that start as no-ops train at their own peak lr
-        new = (self.model.short_term, self.model.anchor_check, self.model.presence, self.model.refine)
+        new = (self.model.short_term, self.model.anchor_check, self.model.presence, self.model.refine,
+               self.model.fpn.lateral8)
         fresh = {id(p) for m in new if m is not None for p in m.parameters()}
         if cfg.model.decoder.mask_keys > 1:  # and several mask keys, near copies at the start, that must come apart
             fresh |= {id(p) for p in self.model.desc_proj[-1].parameters()}
