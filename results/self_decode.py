@@ -8,9 +8,11 @@ from its true masks (HODOR.encode), decode frame 0 from those descriptors alone 
 other frame; --frame1: decode frame 1 instead, what the first propagated frame sees before the path's offsets), and
 score each object's argmax mask against the truth at stride 4 (IoU). Prints one line per object: IoU, area (share
 of the frame), `near` (the cosine of its descriptor with the nearest other object's descriptor of the same frame: how
-alike the model finds them) and the mean logit of every object of the video inside its true pixels; then the
-correlation of IoU with log area, the IoU by size, the same for `near`, and `near` for the stride-8 features averaged
-in the mask (what the encoder starts from) and for the decoder's stride-4 mask embedding averaged in the mask.
+alike the model finds them; then the same for the features and the lateral below) and the mean logit of every object
+of the video inside its true pixels; then the correlation of IoU with log area, the IoU by size, the same for `near`,
+and `near` for the stride-8 features averaged in the mask (what the encoder starts from), for the FPN's stride-8
+lateral alone (the backbone's stride-8 map before the top-down sum adds the coarser maps to it) and for the decoder's
+stride-4 mask embedding averaged in the mask.
 --root: another DAVIS-2017 layout, e.g. the training composites data/davis2016_train20-pseudo_train20-60x25 (their
 masks are the teacher's) or merged photo clips (results/photo_clips.py).
 --alpha-floor A (diagnosis only): raise the encoder's soft-mask alphas to at least A, so no head reads outside the mask.
@@ -26,7 +28,7 @@ from PIL import Image
 
 from vos.checkpoint import load_models
 from vos.data.video import open_frames
-from vos.model.hodor import logits_to_probs
+from vos.model.hodor import logits_to_probs, pad_to_stride
 
 args = sys.argv[1:]
 root = Path(args.pop(args.index("--root") + 1) if "--root" in args else "data/val10-composites")
@@ -64,15 +66,16 @@ def residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 print(f"run {run}, fp32: frame {t1} decoded from frame 0's descriptors alone")
-print("IoU  | area % | near | object | mean logits of the video's objects in its true pixels (own one starred)")
+print("IoU  | area % | near (descriptor, features, lateral) | object | mean logits of the video's objects in its true pixels (own one starred)")
 rows = []
 for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
     src = open_frames(root / f"JPEGImages/480p/{seq}", short_side=288)
     hw = src.size
     gt0 = truth(seq, 0, hw)
     ids = [int(i) for i in np.unique(gt0) if i]
+    img = torch.from_numpy(np.array(src[0])).permute(2, 0, 1).float().div(255)[None]
     with torch.no_grad():
-        f0 = m.features(torch.from_numpy(np.array(src[0])).permute(2, 0, 1).float().div(255)[None])
+        f0 = m.features(img)
         masks = torch.stack([torch.from_numpy((gt0 == i).astype(np.float32)) for i in ids])[None]
         masks_s4 = m.masks_to_s4(masks, f0)
         desc = m.encode(f0, masks_s4)
@@ -85,14 +88,17 @@ for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
     near = nearest(desc[0, m.num_bg:])
     near_f = nearest(mask_means(F.avg_pool2d(masks_s4, 2)[0], f0.f8[0]))  # the cells the encoder's mean starts from
     near_e = nearest(mask_means(masks_s4[0], emb[0]))
+    with torch.no_grad():  # the FPN's stride-8 lateral alone, before the top-down sum adds the coarser maps to it
+        lat8 = m.fpn.lat[0](m.backbone(pad_to_stride((img - m.mean) / m.std))[2])
+    near_l = nearest(mask_means(F.avg_pool2d(masks_s4, 2)[0], lat8[0]))
     for j, i in enumerate(ids):
         g, p = gt == i, labels == j + 1
         iou = (g & p).sum() / max((g | p).sum(), 1)
         mean = [float(obj_logits[k][torch.from_numpy(g)].mean()) if g.any() else float("nan") for k in range(len(ids))]
-        rows.append((iou, g.mean() * 100, near[j], near_f[j], near_e[j]))
-        print(f"{iou:.2f} | {g.mean() * 100:5.2f} | {near[j]:4.2f} | {seq}_{i:<3d}| " +
+        rows.append((iou, g.mean() * 100, near[j], near_f[j], near_e[j], near_l[j]))
+        print(f"{iou:.2f} | {g.mean() * 100:5.2f} | {near[j]:4.2f} {near_f[j]:4.2f} {near_l[j]:4.2f} | {seq}_{i:<3d}| " +
               " ".join(f"{v:5.1f}{'*' if k == j else ' '}" for k, v in enumerate(mean)), flush=True)
-iou, area, near, near_f, near_e = np.array(rows).T
+iou, area, near, near_f, near_e, near_l = np.array(rows).T
 print(f"mean IoU {iou.mean():.2f}; objects under 3 % of the frame {iou[area < 3].mean():.2f} ({(area < 3).sum()}), "
       f"the others {iou[area >= 3].mean():.2f}; corr(IoU, log area) {np.corrcoef(iou, np.log(area))[0, 1]:.2f}")
 buckets = [(name, (area >= lo) & (area < hi)) for name, lo, hi in
@@ -106,5 +112,7 @@ print(f"near (cosine of an object's descriptor with the nearest other object's):
       f"below: {iou[near < 0.5].mean():.2f} ({(near < 0.5).sum()})")
 print("the same for the stride-8 features averaged in the mask (what the encoder starts from): "
       f"mean {near_f.mean():.2f}; corr with near {np.corrcoef(near, near_f)[0, 1]:.2f}")
+print("the same for the FPN's stride-8 lateral alone, before the top-down sum: "
+      f"mean {near_l.mean():.2f}; corr with near {np.corrcoef(near, near_l)[0, 1]:.2f}")
 print(f"the same for the decoder's stride-4 mask embedding averaged in the mask: mean {near_e.mean():.2f}; "
       f"corr with near {np.corrcoef(near, near_e)[0, 1]:.2f}; corr(IoU, it) {np.corrcoef(iou, near_e)[0, 1]:.2f}")
