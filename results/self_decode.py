@@ -28,7 +28,7 @@ from PIL import Image
 
 from vos.checkpoint import load_models
 from vos.data.video import open_frames
-from vos.model.hodor import logits_to_probs, pad_to_stride
+from vos.model.hodor import logits_to_probs
 
 args = sys.argv[1:]
 root = Path(args.pop(args.index("--root") + 1) if "--root" in args else "data/val10-composites")
@@ -68,6 +68,14 @@ def residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
 print(f"run {run}, fp32: frame {t1} decoded from frame 0's descriptors alone")
 print("IoU  | area % | near (descriptor, features, lateral) | object | mean logits of the video's objects in its true pixels (own one starred)")
 rows = []
+lateral = {}  # the FPN's stride-8 lateral alone, before the top-down sum adds the coarser maps to it
+
+
+def keep_lateral(module, inputs, output):  # m.features computes the lateral; keep it instead of a second pass
+    lateral["last"] = output
+
+
+m.fpn.lat[0].register_forward_hook(keep_lateral)
 for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
     src = open_frames(root / f"JPEGImages/480p/{seq}", short_side=288)
     hw = src.size
@@ -76,6 +84,7 @@ for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
     img = torch.from_numpy(np.array(src[0])).permute(2, 0, 1).float().div(255)[None]
     with torch.no_grad():
         f0 = m.features(img)
+        lat0 = lateral["last"]
         masks = torch.stack([torch.from_numpy((gt0 == i).astype(np.float32)) for i in ids])[None]
         masks_s4 = m.masks_to_s4(masks, f0)
         desc = m.encode(f0, masks_s4)
@@ -88,9 +97,7 @@ for seq in sorted(p.name for p in (root / "JPEGImages/480p").iterdir()):
     near = nearest(desc[0, m.num_bg:])
     near_f = nearest(mask_means(F.avg_pool2d(masks_s4, 2)[0], f0.f8[0]))  # the cells the encoder's mean starts from
     near_e = nearest(mask_means(masks_s4[0], emb[0]))
-    with torch.no_grad():  # the FPN's stride-8 lateral alone, before the top-down sum adds the coarser maps to it
-        lat8 = m.fpn.lat[0](m.backbone(pad_to_stride((img - m.mean) / m.std))[2])
-    near_l = nearest(mask_means(F.avg_pool2d(masks_s4, 2)[0], lat8[0]))
+    near_l = nearest(mask_means(F.avg_pool2d(masks_s4, 2)[0], lat0[0]))
     for j, i in enumerate(ids):
         g, p = gt == i, labels == j + 1
         iou = (g & p).sum() / max((g | p).sum(), 1)
