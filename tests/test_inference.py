@@ -213,7 +213,8 @@ def test_locality_prior_keeps_look_alikes_apart(shared_data):
 
 @pytest.mark.parametrize("radius, given_topk, check, distance, similarity",
                          [(0, 0, False, False, "dot"), (2, 0, False, False, "dot"), (2, 4, False, True, "dot"),
-                          (0, 0, True, False, "dot"), (2, 4, False, False, "l2"), (2, 4, False, False, "l2_given")])
+                          (0, 0, True, False, "dot"), (2, 4, False, False, "l2"), (2, 4, False, False, "l2_given"),
+                          (2, 4, False, False, "cosine_given")])
 def test_training_and_inference_paths_agree(radius, given_topk, check, distance, similarity):
     """The same frames and mask through the training cycle graph and through the Tracker give the same
     descriptors and logits: one per-frame step, one resampling; with the short-term path, the node's last source

@@ -297,6 +297,35 @@ def test_l2_affinity_reads_the_nearest_key_where_a_long_key_wins_the_dot_product
     assert local_attention(*l2_operands(query.expand(-1, -1, 1, 3), keys), vals, 2)[0, :, 0, 0].argmax() == 0
 
 
+def test_cosine_given_reads_the_given_frame_by_the_features_own_direction():
+    """short_term.similarity=cosine_given: a frame's keys are [learned keys, the pooled features at unit norm]; the
+    given-frame read matches the latter by cosine, so scaling the given frame's features (per path pixel) leaves the
+    offsets unchanged where the learned L2 read changes, and a change of the features' direction moves them."""
+    from vos.model.short_term import LastFrame, ShortTermPath
+
+    torch.manual_seed(0)
+    f_now, f_given = torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8)
+    masks = torch.softmax(torch.randn(1, 3, 4, 4), 1)
+    scale = F.interpolate(torch.rand(1, 1, 4, 4) * 3 + 0.2, scale_factor=2.0)  # constant over each path pixel
+    out = {}
+    for sim in ("cosine_given", "l2_given"):
+        path = ShortTermPath(8, 4, radius=1, given_topk=3, similarity=sim)
+        torch.nn.init.normal_(path.given_in.weight, std=0.5)
+        torch.nn.init.normal_(path.fuse[-1].weight, std=0.5)
+        keys = path.keys(f_now)
+        last = LastFrame(path.keys(f_given), masks)
+        run = lambda f: path(keys, last, 2, LastFrame(path.keys(f), masks))  # noqa: E731
+        out[sim] = run(f_given), run(f_given * scale), run(f_given.flip(1))
+        if sim == "cosine_given":
+            assert keys.shape == (1, 4 + 8, 4, 4)
+            torch.testing.assert_close(keys[:, 4:], F.normalize(F.avg_pool2d(f_now, 2), dim=1))
+    base, scaled, turned = out["cosine_given"]
+    torch.testing.assert_close(scaled, base, atol=1e-5, rtol=1e-5)
+    assert (turned - base).abs().max() > 1e-2
+    base, scaled, _ = out["l2_given"]
+    assert (scaled - base).abs().max() > 1e-2
+
+
 @pytest.mark.parametrize("stride", [16, 8])
 def test_given_frame_read_starts_as_a_no_op_and_learns(stride):
     """The given-frame read (short_term.given_topk) adds nothing at initialisation, so a model trained without it

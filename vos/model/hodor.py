@@ -58,7 +58,7 @@ class Features:
     f4: torch.Tensor  # (N, Cm, H/4, W/4) mask features
     f8: torch.Tensor  # (N, C, H/8, W/8) attention features
     size: tuple[int, int]  # (H, W) of the unpadded input
-    key: torch.Tensor | None = None  # (N, Ck, H/16, W/16) short-term path keys (None without the path)
+    key: torch.Tensor | None = None  # (N, Ck[+C], H/16, W/16) short-term path keys (ShortTermPath.keys; None: no path)
     f2: torch.Tensor | None = None  # (N, C2, H/2, W/2) the backbone's stride-2 map (decoder.refine only)
 
 
