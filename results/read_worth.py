@@ -3,7 +3,8 @@
 off. A read the training loss barely needs is a read the model does not learn to use, whatever it is worth later in a
 long video (RESULTS.md, "The given-frame read matches better by the features' own cosine").
 
-    python results/read_worth.py RUN [BATCHES]     # runs/RUN/checkpoint.pt and runs/RUN/config.yaml; 24 batches
+    python results/read_worth.py RUN [BATCHES] [key=value ...]   # runs/RUN/{checkpoint.pt,config.yaml}; 24 batches;
+                                                                   # overrides of the recipe, e.g. data.clip_len=8
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from vos.train.loop import Trainer
 MODES = ("whole path", "no given read", "no path")
 
 
-def main(run: str, batches: int = 24) -> None:
-    cfg = OmegaConf.load(f"runs/{run}/config.yaml")
+def main(run: str, batches: int = 24, overrides: list[str] = ()) -> None:
+    cfg = OmegaConf.merge(OmegaConf.load(f"runs/{run}/config.yaml"), OmegaConf.from_dotlist(list(overrides)))
     cfg.init_from, cfg.out_dir = f"runs/{run}/checkpoint.pt", f"/tmp/read_worth_{run}"
     trainer = Trainer(cfg)
     mode = MODES[0]
@@ -42,7 +43,7 @@ def main(run: str, batches: int = 24) -> None:
                 torch.manual_seed(i)  # the same memory noise each way
                 losses[mode].append(trainer.cycle(batch, cfg.optim.steps)[0].item())
     base = np.array(losses[MODES[0]])
-    print(f"{run}: training loss over {batches} batches of its recipe (data seed {cfg.seed})")
+    print(f"{run}: training loss over {batches} batches of its recipe (data seed {cfg.seed}) {' '.join(overrides)}")
     for m in MODES:
         d = np.array(losses[m]) - base
         print(f"  {m}: {np.mean(losses[m]):.4f}" + ("" if m == MODES[0] else
@@ -50,4 +51,5 @@ def main(run: str, batches: int = 24) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], *(int(a) for a in sys.argv[2:3]))
+    args = sys.argv[2:]
+    main(sys.argv[1], int(args.pop(0)) if args and "=" not in args[0] else 24, args)
