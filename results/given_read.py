@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vos.checkpoint import load_models
+from vos.eval.metrics import jaccard
 from vos.model.short_term import GIVEN_TEMPERATURE, l2_operands, topk_attention
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +31,6 @@ def frame(root: Path, seq: str, t: int) -> tuple[torch.Tensor, np.ndarray]:
     img = np.array(Image.open(root / "JPEGImages/480p" / seq / f"{t:05d}.jpg").convert("RGB"))
     ann = np.array(Image.open(root / "Annotations/480p" / seq / f"{t:05d}.png"))
     return torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255, ann if ann.ndim == 2 else ann[..., 0]
-
-
-def iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a > 0.5, b > 0.5
-    union = (a | b).sum().item()
-    return 1.0 if union == 0 else (a & b).sum().item() / union
 
 
 def reads(model, root: Path, seq: str, objects) -> dict[str, np.ndarray]:
@@ -61,7 +56,7 @@ def reads(model, root: Path, seq: str, objects) -> dict[str, np.ndarray]:
         r_key = topk_attention(*l2_operands(f.key[:, :ck], f0.key[:, :ck]), given, TOPK)
         r_cos = topk_attention(cos_keys(f) * GIVEN_TEMPERATURE, cos_keys(f0), given, TOPK)
         for name, r in zip(out, (r_key, r_cos)):
-            out[name].append([iou(r[0, i], truth[0, i]) for i in range(len(ids))])
+            out[name].append(jaccard(truth[0].numpy() > 0.5, r[0].numpy() > 0.5))  # per object
     return {k: np.mean(v, 0) for k, v in out.items()}
 
 
