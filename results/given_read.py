@@ -19,7 +19,7 @@ from PIL import Image
 
 from vos.checkpoint import load_models
 from vos.eval.metrics import jaccard
-from vos.model.short_term import GIVEN_TEMPERATURE, l2_operands, topk_attention
+from vos.model.short_term import cosine_operands, l2_operands, topk_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL10 = ROOT.parent / "shared/data/davis2016"
@@ -45,16 +45,13 @@ def reads(model, root: Path, seq: str, objects) -> dict[str, np.ndarray]:
         m = torch.from_numpy(np.stack([ann == k for k in ids])).float()[None]
         return F.avg_pool2d(F.pad(m, (0, W - m.shape[-1], 0, H - m.shape[-2])), 16)
 
-    def cos_keys(f):
-        return F.normalize(F.avg_pool2d(f.f8, 2), dim=1)
-
     given, ck = at16(a0), model.short_term.key_channels
     out = {"learned keys (L2)": [], "features (cosine)": []}
     for t in range(EVERY, n, EVERY):
         x, a = frame(root, seq, t)
         f, truth = model.features(x), at16(a)
         r_key = topk_attention(*l2_operands(f.key[:, :ck], f0.key[:, :ck]), given, TOPK)
-        r_cos = topk_attention(cos_keys(f) * GIVEN_TEMPERATURE, cos_keys(f0), given, TOPK)
+        r_cos = topk_attention(*cosine_operands(F.avg_pool2d(f.f8, 2), F.avg_pool2d(f0.f8, 2)), given, TOPK)
         for name, r in zip(out, (r_key, r_cos)):
             out[name].append(jaccard(truth[0].numpy() > 0.5, r[0].numpy() > 0.5))  # per object
     return {k: np.mean(v, 0) for k, v in out.items()}

@@ -118,6 +118,12 @@ def l2_operands(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.T
             torch.cat([k, k.float().pow(2).sum(1, keepdim=True).to(k.dtype)], 1))
 
 
+def cosine_operands(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, C, ...), k (B, C, ...) -> (q', k') at unit norm, q' x GIVEN_TEMPERATURE: their dot product is the cosine
+    sharpened for the softmax (similarity cosine_given)."""
+    return F.normalize(q, dim=1) * GIVEN_TEMPERATURE, F.normalize(k, dim=1)
+
+
 def _tiles(h: int, w: int, radius: int, tile: int) -> tuple[int, int, tuple[int, int, int, int]]:
     """`local_attention`'s tiling of an h x w map: tile rows, tile columns, and the padding (left, right, top, bottom)
     that gives every tile its whole (tile + 2 radius)^2 window."""
@@ -197,8 +203,7 @@ class ShortTermPath(nn.Module):
             pool = 16 // self.stride
             q, gk = F.avg_pool2d(keys, pool), F.avg_pool2d(given_frame.keys.to(keys.dtype), pool)
             if self.cosine_given:
-                c = self.key_channels
-                q, gk = F.normalize(q[:, c:], dim=1) * GIVEN_TEMPERATURE, F.normalize(gk[:, c:], dim=1)
+                q, gk = cosine_operands(q[:, self.key_channels:], gk[:, self.key_channels:])
             elif self.l2_given:
                 q, gk = l2_operands(q, gk)
             read = topk_attention(q, gk, F.avg_pool2d(_objects(given_frame, num_objects, keys.dtype), pool),
