@@ -1111,3 +1111,50 @@ def test_lateral8_starts_fresh_from_a_checkpoint_without_it_and_trains_at_the_fr
     skipped = load_checkpoint(train(cfg_for(tmp_path / "c", "optim.steps=2", f"init_from={tmp_path / 'a/checkpoint.pt'}",
                                             "model.lateral8=true", "optim.short_term_lr=0.005")))["model"]
     assert skipped["fpn.lateral8.weight"].abs().sum() > 0
+
+
+def test_read_loss_scores_the_given_read_against_the_truth_over_valid_objects():
+    from vos.train.cycles import read_loss
+
+    truth = torch.zeros(1, 2, 4, 4)
+    truth[0, 0, :2] = 1
+    truth[0, 1, 2:] = 1
+    valid = torch.tensor([[True, True]])
+    assert read_loss(truth, truth, valid) < 1e-3
+    swapped = truth.flip(1)
+    assert read_loss(swapped, truth, valid) > 2.0
+    half = truth.clone()
+    half[0, 1] = swapped[0, 1]  # object 2 read wrong, but it is not valid
+    assert read_loss(half, truth, torch.tensor([[True, False]])) < 1e-3
+    assert read_loss(half, truth, valid) > read_loss(truth, truth, valid) + 1.0
+
+
+def test_read_loss_is_added_with_its_weight_and_teaches_the_path_keys_to_read(tmp_path):
+    """cycles.read_loss: frame 0's given masks read into the later frames by the path's keys, against their masks;
+    a few steps on it alone make the read better."""
+    from vos.utils import VosError
+
+    cfg = cfg_for(tmp_path, "model.short_term.radius=2", "model.short_term.given_topk=4",
+                  "model.short_term.similarity=l2_given", "data.clip_len=3")
+    torch.manual_seed(0)
+    model = HODOR(cfg.model)
+    batch = _batch(cfg)
+    out = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(1)
+        out[weight] = CycleModel(model, False, True, read_loss=weight)(batch, 0)
+    (total0, parts0), (total2, parts2) = out[0.0][:2], out[2.0][:2]
+    assert "read" not in parts0 and parts2["read"] > 0
+    torch.testing.assert_close(total2, total0 + 2.0 * parts2["read"], rtol=1e-4, atol=1e-5)
+    cyc = CycleModel(model, False, True, read_loss=1.0)
+    opt = torch.optim.Adam(model.short_term.key.parameters(), lr=1e-2)
+    reads = []
+    for _ in range(12):
+        read = cyc(batch, 0)[1]["read"]
+        opt.zero_grad()
+        read.backward()
+        opt.step()
+        reads.append(read.item())
+    assert reads[-1] < 0.8 * reads[0], reads
+    with pytest.raises(VosError, match="given_topk"):
+        CycleModel(HODOR(cfg_for(tmp_path, "model.short_term.radius=2").model), False, True, read_loss=1.0)

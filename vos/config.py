@@ -322,6 +322,10 @@ class CycleConfig:
     # above 0.5; vos.train.cycles.separation_loss): objects whose features are alike get alike descriptors and are
     # confused (0 = off)
     separation_loss: float = bounded(0.0, min=0.0)
+    # weight of a loss on the short-term path's read of the given frame alone: frame 0's masks read into every later
+    # frame with known masks by the path's keys, against that frame's masks (vos.train.cycles.read_loss; needs
+    # model.short_term.given_topk; 0 = off)
+    read_loss: float = bounded(0.0, min=0.0)
 
 
 @dataclass

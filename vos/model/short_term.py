@@ -182,6 +182,20 @@ class ShortTermPath(nn.Module):
         """(B, 1 + I, H/4, W/4) probabilities -> the same at the path's stride, by area averaging."""
         return F.avg_pool2d(probs, self.stride // 4)
 
+    def read_given(self, keys: torch.Tensor, given_frame: LastFrame, num_objects: int) -> torch.Tensor:
+        """The global read of the given frame (`given_topk`): (B, I, H/16, W/16), each pixel of this frame's keys
+        reading the given masks of its top-k matches there. At stride 16 whatever the path's stride: it says whose a
+        region is, not where its edge is, at 1/16 of the cost at stride 8 (the keys are a 1x1 conv of the features:
+        pooled keys are the stride-16 path's keys). Training's cycles.read_loss supervises it directly."""
+        pool = 16 // self.stride
+        q, gk = F.avg_pool2d(keys, pool), F.avg_pool2d(given_frame.keys.to(keys.dtype), pool)
+        if self.cosine_given:
+            q, gk = cosine_operands(q[:, self.key_channels:], gk[:, self.key_channels:])
+        elif self.l2_given:
+            q, gk = l2_operands(q, gk)
+        return topk_attention(q, gk, F.avg_pool2d(_objects(given_frame, num_objects, keys.dtype), pool),
+                              self.given_topk)
+
     def forward(self, keys: torch.Tensor, last: LastFrame, num_objects: int,
                 given_frame: LastFrame | None = None) -> torch.Tensor:
         """Logit offsets (B, I, h, w) for the I objects of this frame. Objects beyond those of `last` (added since)
@@ -198,17 +212,8 @@ class ShortTermPath(nn.Module):
         B, I, _, h, w = x.shape
         hidden = self.fuse[0](x.flatten(0, 1))
         if self.given_topk and given_frame is not None:
-            # at stride 16 whatever the path's stride: it says whose a region is, not where its edge is, at 1/16 of the
-            # cost at stride 8 (the keys are a 1x1 conv of the features: pooled keys are the stride-16 path's keys)
-            pool = 16 // self.stride
-            q, gk = F.avg_pool2d(keys, pool), F.avg_pool2d(given_frame.keys.to(keys.dtype), pool)
-            if self.cosine_given:
-                q, gk = cosine_operands(q[:, self.key_channels:], gk[:, self.key_channels:])
-            elif self.l2_given:
-                q, gk = l2_operands(q, gk)
-            read = topk_attention(q, gk, F.avg_pool2d(_objects(given_frame, num_objects, keys.dtype), pool),
-                                  self.given_topk)
-            if pool > 1:
+            read = self.read_given(keys, given_frame, num_objects)
+            if self.stride < 16:
                 read = F.interpolate(read, size=(h, w), mode="bilinear", align_corners=False)
             hidden = hidden + self.given_in(torch.stack([read, read.sum(1, keepdim=True) - read], 2).flatten(0, 1))
         if self.distance_in is not None:

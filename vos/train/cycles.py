@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vos.model import Features, StepOutput, probs_to_labels
+from vos.model.short_term import LastFrame
+from vos.utils import VosError
 
 GT = "0"
 WINDOW = 7  # at most this many recent frames a chain node reads (four-frame clips: 2-3; inference: InferConfig.window)
@@ -182,6 +184,16 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
     return ce + dice_loss(probs, target, valid.float())
 
 
+def read_loss(read: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """How far the short-term path's read of the given frame (`ShortTermPath.read_given`) is from the truth: binary
+    cross-entropy + Dice of read (B, I, h, w) in [0, 1] against truth (B, I, h, w) soft masks at the same stride, over
+    the valid (B, I) objects. The read is a softmax average of given masks, 0 or 1 where all top-k matches agree:
+    clamped for the cross-entropy."""
+    bce = F.binary_cross_entropy(read.float().clamp(1e-4, 1 - 1e-4), truth.float(), reduction="none").flatten(2).mean(-1)
+    v = valid.float()
+    return (bce * v).sum() / v.sum().clamp(min=1) + dice_loss(read.float(), truth.float(), v)
+
+
 def separation_loss(f8: torch.Tensor, masks_s8: torch.Tensor, valid: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
     """How alike the features of different objects of one frame are: the mean over pairs of labelled objects of
     relu(cosine of their mask-averaged features - margin). f8 (B, C, h, w) features, masks_s8 (B, K, h, w) in [0, 1],
@@ -268,17 +280,23 @@ class CycleModel(nn.Module):
 
     def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False,
                  memory_noise: float = 0.0, hard_pixels: float = 1.0, hard_ramp: int = 0, appearance_loss: float = 0.0,
-                 separation_loss: float = 0.0):
+                 separation_loss: float = 0.0, read_loss: float = 0.0):
         """hard_pixels, hard_ramp: bootstrapped CE (mask_loss's `hard`), all pixels at iteration 0 down to
         `hard_pixels` at iteration `hard_ramp` (hard_share). appearance_loss: weight of a second mask loss on every
         supervised path's logits from the descriptors alone (`StepOutput.appearance`), so that the descriptors keep
         objects apart by themselves and not only with the short-term path's offsets. separation_loss: weight of
-        `separation_loss` on the features of every frame with known masks, added to the mean of the paths' losses."""
+        `separation_loss` on the features of every frame with known masks, added to the mean of the paths' losses.
+        read_loss: weight of `read_loss` on the short-term path's read of frame 0's given masks into every later frame
+        with known masks (the truth known by construction in photo clips; pseudo-labels in dense ones), added the same
+        way: the path's keys learn to find the given object again, not only through the decode's loss."""
+        if read_loss > 0 and not (model.short_term is not None and model.short_term.given_topk):
+            raise VosError("cycles.read_loss supervises the short-term path's given-frame read: it needs "
+                             "model.short_term with given_topk > 0")
         super().__init__()
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
         self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
         self.hard_pixels, self.hard_ramp, self.appearance_loss = hard_pixels, hard_ramp, appearance_loss
-        self.separation_loss = separation_loss
+        self.separation_loss, self.read_loss = separation_loss, read_loss
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path (background
@@ -330,6 +348,16 @@ class CycleModel(nn.Module):
                                                valid & has[:, t, None]) for t, f in enumerate(feats)]).mean()
             losses["separation"] = sep
             total = total + self.separation_loss * sep
+        if self.read_loss > 0:
+            T, st, given = len(feats), m.short_term, graph.output(GT).last
+            # frames 1..T-1 as one batch, each reading frame 0 (its true masks, forced in by the GT step)
+            repeat = lambda x: x[None].expand(T - 1, *x.shape).flatten(0, 1)  # noqa: E731
+            read = st.read_given(torch.cat([f.key for f in feats[1:]]), LastFrame(repeat(given.keys),
+                                 repeat(given.masks)), K)
+            truth = torch.cat([F.avg_pool2d(m.masks_to_s4(masks[:, t], feats[t]), 4) for t in range(1, T)])
+            known = torch.cat([valid & has[:, t, None] for t in range(1, T)])
+            losses["read"] = read_loss(read, truth.to(read.dtype), known)
+            total = total + self.read_loss * losses["read"]
         outputs["per_object"] = scores
         return total, losses, outputs
 
