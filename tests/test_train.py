@@ -1076,19 +1076,24 @@ def test_separation_loss_penalises_alike_features_of_different_objects_only():
     torch.testing.assert_close(separation_loss(f, tiny, valid), torch.tensor(0.0))
 
 
-def test_separation_loss_is_added_with_its_weight_and_reaches_the_backbone(tmp_path):
-    cfg = cfg_for(tmp_path)
+def _added_with_its_weight(cfg, term: str, weight: float = 2.0):
+    """CycleModel's loss term `term` (keyword `{term}_loss`, part `term`) at 0 and at `weight` on one batch: absent at
+    0, added to the total with its weight. Returns (model, batch, parts at `weight`)."""
     torch.manual_seed(0)
     model = HODOR(cfg.model)
     batch = _batch(cfg)
     out = {}
-    for weight in (0.0, 2.0):
+    for w in (0.0, weight):
         torch.manual_seed(1)
-        out[weight] = CycleModel(model, False, True, separation_loss=weight)(batch, 0)
-    total0, parts0 = out[0.0][:2]
-    total2, parts2 = out[2.0][:2]
-    assert "separation" not in parts0 and parts2["separation"] > 0
-    torch.testing.assert_close(total2, total0 + 2.0 * parts2["separation"], rtol=1e-4, atol=1e-5)
+        out[w] = CycleModel(model, False, True, **{f"{term}_loss": w})(batch, 0)
+    (total0, parts0), (total, parts) = out[0.0][:2], out[weight][:2]
+    assert term not in parts0 and parts[term] > 0
+    torch.testing.assert_close(total, total0 + weight * parts[term], rtol=1e-4, atol=1e-5)
+    return model, batch, parts
+
+
+def test_separation_loss_is_added_with_its_weight_and_reaches_the_backbone(tmp_path):
+    model, _, parts2 = _added_with_its_weight(cfg_for(tmp_path), "separation")
     model.zero_grad()
     parts2["separation"].backward()
     grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone") and p.grad is not None]
@@ -1136,16 +1141,7 @@ def test_read_loss_is_added_with_its_weight_and_teaches_the_path_keys_to_read(tm
 
     cfg = cfg_for(tmp_path, "model.short_term.radius=2", "model.short_term.given_topk=4",
                   "model.short_term.similarity=l2_given", "data.clip_len=3")
-    torch.manual_seed(0)
-    model = HODOR(cfg.model)
-    batch = _batch(cfg)
-    out = {}
-    for weight in (0.0, 2.0):
-        torch.manual_seed(1)
-        out[weight] = CycleModel(model, False, True, read_loss=weight)(batch, 0)
-    (total0, parts0), (total2, parts2) = out[0.0][:2], out[2.0][:2]
-    assert "read" not in parts0 and parts2["read"] > 0
-    torch.testing.assert_close(total2, total0 + 2.0 * parts2["read"], rtol=1e-4, atol=1e-5)
+    model, batch, _ = _added_with_its_weight(cfg, "read")
     cyc = CycleModel(model, False, True, read_loss=1.0)
     opt = torch.optim.Adam(model.short_term.key.parameters(), lr=1e-2)
     reads = []

@@ -291,7 +291,7 @@ class CycleModel(nn.Module):
         way: the path's keys learn to find the given object again, not only through the decode's loss."""
         if read_loss > 0 and not (model.short_term is not None and model.short_term.given_topk):
             raise VosError("cycles.read_loss supervises the short-term path's given-frame read: it needs "
-                             "model.short_term with given_topk > 0")
+                           "model.short_term with given_topk > 0")
         super().__init__()
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
         self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
