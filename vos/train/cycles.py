@@ -351,9 +351,9 @@ class CycleModel(nn.Module):
         if self.read_loss > 0:
             T, st, given = len(feats), m.short_term, graph.output(GT).last
             # frames 1..T-1 as one batch, each reading frame 0 (its true masks, forced in by the GT step)
-            repeat = lambda x: x[None].expand(T - 1, *x.shape).flatten(0, 1)  # noqa: E731
-            read = st.read_given(torch.cat([f.key for f in feats[1:]]), LastFrame(repeat(given.keys),
-                                 repeat(given.masks)), K)
+            given = LastFrame(given.keys.repeat(T - 1, 1, 1, 1), given.masks.repeat(T - 1, 1, 1, 1))
+            read = st.read_given(torch.cat([f.key for f in feats[1:]]), given, K)
+            # the truth at the read's stride 16: stride 4 pooled by 4
             truth = torch.cat([F.avg_pool2d(m.masks_to_s4(masks[:, t], feats[t]), 4) for t in range(1, T)])
             known = torch.cat([valid & has[:, t, None] for t in range(1, T)])
             losses["read"] = read_loss(read, truth.to(read.dtype), known)
