@@ -66,6 +66,38 @@ def test_each_cycle_node_reads_its_previous_frame(tmp_path):
     assert given == [(0, None), (0, None), (1, 0), (0, 1), (2, 0), (1, 2), (0, 2)], given
 
 
+def test_carry_dropout_shows_an_object_absent_from_the_previous_frame_but_leaves_the_given_read(tmp_path):
+    """cycles.carry_dropout=1: every `last` a node reads has its objects zeroed (background and keys as the source
+    left them), while the given frame it reads is the source's own; 0: `last` is passed as it is."""
+    from vos.train.cycles import CycleGraph, split_features
+
+    cfg = cfg_for(tmp_path, "model.short_term.radius=2", "model.short_term.given_topk=4")
+    model = HODOR(cfg.model)
+    batch = _batch(cfg)
+    split = split_features(model, batch["images"])
+    step, outs, reads = model.step, [], []
+
+    def spy(feats, *args, last=None, given_frame=None, **kw):
+        out = step(feats, *args, last=last, given_frame=given_frame, **kw)
+        outs.append(out.last)
+        reads.append((last, given_frame))
+        return out
+
+    model.step = spy
+    n1 = ((GT_NODE,), 1)
+    for chance in (0.0, 1.0):
+        outs.clear(), reads.clear()
+        CycleGraph(model, split, batch["masks"], batch["valid"], False, carry_dropout=chance).logits(((GT_NODE, n1), 2))
+        (_, _), (last1, given1), (last2, given2) = reads  # 0, [0]->1 (reads frame 0), [0,1]->2 (reads frame 1)
+        assert given1 is outs[0] and given2 is outs[0] and outs[0].masks[:, 1:].sum() > 0
+        for read, source in ((last1, outs[0]), (last2, outs[1])):
+            assert read.keys is source.keys and torch.equal(read.masks[:, 0], source.masks[:, 0])
+            if chance == 0:
+                assert read is source
+            else:
+                assert source.masks[:, 1:].sum() > 0 and not read.masks[:, 1:].any()
+
+
 def test_mixture_weights_must_sum_to_one(tmp_path):
     cfg = cfg_for(tmp_path, "data.sources=[{kind: synthetic, weight: 0.5}, {kind: synthetic, weight: 0.4}]")
     with pytest.raises(VosError, match="sum to 1"):

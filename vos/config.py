@@ -326,6 +326,10 @@ class CycleConfig:
     # frame with known masks by the path's keys, against that frame's masks (vos.train.cycles.read_loss; needs
     # model.short_term.given_topk; 0 = off)
     read_loss: float = bounded(0.0, min=0.0)
+    # chance that a training decode reads an object as absent from the previous frame (the short-term path's carry
+    # withheld, as for an object back in view): only the given frame's read and the descriptors can place it
+    # (vos.train.cycles.withhold_carry; 0 = off)
+    carry_dropout: float = bounded(0.0, min=0.0, max=1.0)
 
 
 @dataclass

@@ -22,6 +22,10 @@ The last source of a node is the frame processed just before its target: with th
 decoding the frame of its last source, e.g. [0]->0, reads none: it would copy the masks). Its first source is the
 given frame the path's global read sees (given_topk): frame 0 going forward, the turning frame coming back (never
 frame 0's ground truth on the way back: the cycle's end would copy it), none when it is the target's own frame.
+
+With `carry_dropout` > 0, each object of the `last` a node reads is withheld now and then (`withhold_carry`): the
+path sees it as absent a frame ago, as when it has just come back into view, and only the given frame's read and the
+descriptors can place it; the loss still wants it where it is.
 """
 
 from __future__ import annotations
@@ -75,6 +79,15 @@ def corrupt_masks(probs: torch.Tensor, chance: float, generator: torch.Generator
     total = m.sum(1, keepdim=True)
     out = torch.cat([(1 - total).clamp(min=0), m], 1)
     return out / out.sum(1, keepdim=True).clamp(min=1)
+
+
+def withhold_carry(last: LastFrame, chance: float) -> LastFrame:
+    """`last` with each object's mask zeroed with probability `chance` (background kept): to the short-term path that
+    object was absent a frame ago. No host-device sync."""
+    B, K = last.masks.shape[:2]
+    keep = torch.rand(B, K, 1, 1, device=last.masks.device) >= chance
+    keep[:, 0] = True
+    return LastFrame(last.keys, last.masks * keep.to(last.masks.dtype))
 
 
 def node_frames(node) -> set[int]:
@@ -229,12 +242,14 @@ class CycleGraph:
     the same one inference runs): `desc(node)` its descriptors, `logits(node)` its stride-4 logits."""
 
     def __init__(self, model: nn.Module, feats: list[Features], masks: torch.Tensor, valid: torch.Tensor,
-                 detach_masks: bool, paths: list | None = None, memory_noise: float = 0.0):
+                 detach_masks: bool, paths: list | None = None, memory_noise: float = 0.0, carry_dropout: float = 0.0):
         """feats: per-frame features; masks (B, T, K, H, W) (frame 0 = the annotated one); valid (B, K).
         paths: the nodes whose logits will be asked for; nodes that are only ends of paths skip re-encoding.
-        memory_noise: the chance that a predicted frame leaves an object's mask corrupted to memory (corrupt_masks)."""
+        memory_noise: the chance that a predicted frame leaves an object's mask corrupted to memory (corrupt_masks).
+        carry_dropout: the chance that a node reads an object as absent from its previous frame (withhold_carry)."""
         self.m, self.feats, self.masks, self.valid, self.detach = model, feats, masks, valid, detach_masks
         self.perturb = partial(corrupt_masks, chance=memory_noise) if memory_noise > 0 else None
+        self.carry_dropout = carry_dropout
         self.ends_only = set(paths or ()) - set().union(*(sources_of(p) for p in paths or ()))
         B = valid.shape[0]
         self.q_valid = torch.cat([torch.ones(B, model.num_bg, dtype=torch.bool, device=valid.device), valid], 1)
@@ -252,6 +267,8 @@ class CycleGraph:
                 mem_valid = self.q_valid[:, None].expand(-1, len(sources), -1)
                 previous = sources[-1]
                 last = None if frame_of(previous) == target else self.output(previous).last
+                if last is not None and self.carry_dropout > 0:
+                    last = withhold_carry(last, self.carry_dropout)
                 first = sources[0]  # the given frame: the annotated one going forward, the turning one coming back
                 given_frame = None if frame_of(first) == target else self.output(first).last
                 self._out[node] = m.step(self.feats[target], memory, mem_valid, valid=self.valid,
@@ -280,7 +297,7 @@ class CycleModel(nn.Module):
 
     def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False,
                  memory_noise: float = 0.0, hard_pixels: float = 1.0, hard_ramp: int = 0, appearance_loss: float = 0.0,
-                 separation_loss: float = 0.0, read_loss: float = 0.0):
+                 separation_loss: float = 0.0, read_loss: float = 0.0, carry_dropout: float = 0.0):
         """hard_pixels, hard_ramp: bootstrapped CE (mask_loss's `hard`), all pixels at iteration 0 down to
         `hard_pixels` at iteration `hard_ramp` (hard_share). appearance_loss: weight of a second mask loss on every
         supervised path's logits from the descriptors alone (`StepOutput.appearance`), so that the descriptors keep
@@ -288,7 +305,8 @@ class CycleModel(nn.Module):
         `separation_loss` on the features of every frame with known masks, added to the mean of the paths' losses.
         read_loss: weight of `read_loss` on the short-term path's read of frame 0's given masks into every later frame
         with known masks (the truth known by construction in photo clips; pseudo-labels in dense ones), added the same
-        way: the path's keys learn to find the given object again, not only through the decode's loss."""
+        way: the path's keys learn to find the given object again, not only through the decode's loss.
+        carry_dropout: the chance that a decode reads an object as absent from the previous frame (withhold_carry)."""
         if read_loss > 0 and not (model.short_term is not None and model.short_term.given_topk):
             raise VosError("cycles.read_loss supervises the short-term path's given-frame read: it needs "
                            "model.short_term with given_topk > 0")
@@ -296,7 +314,7 @@ class CycleModel(nn.Module):
         self.model, self.detach_masks, self.long_cycles = model, detach_masks, long_cycles
         self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
         self.hard_pixels, self.hard_ramp, self.appearance_loss = hard_pixels, hard_ramp, appearance_loss
-        self.separation_loss, self.read_loss = separation_loss, read_loss
+        self.separation_loss, self.read_loss, self.carry_dropout = separation_loss, read_loss, carry_dropout
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path (background
@@ -307,7 +325,7 @@ class CycleModel(nn.Module):
         H, W = images.shape[-2:]
         feats = split_features(m, images)
         paths = cycle_paths(iteration, self.long_cycles, images.shape[1])
-        graph = CycleGraph(m, feats, masks, valid, self.detach_masks, paths, self.memory_noise)
+        graph = CycleGraph(m, feats, masks, valid, self.detach_masks, paths, self.memory_noise, self.carry_dropout)
         present = masks.flatten(3).amax(-1) > 0  # (B, T, K); unknown frames (no mask) count as present
         present = present | ~has[:, :, None]
         losses: dict[str, torch.Tensor] = {}
