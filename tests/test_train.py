@@ -86,7 +86,8 @@ def test_carry_dropout_shows_an_object_absent_from_the_previous_frame_but_leaves
     model.step = spy
     n1 = ((GT_NODE,), 1)
     for chance in (0.0, 1.0):
-        outs.clear(), reads.clear()
+        outs.clear()
+        reads.clear()
         CycleGraph(model, split, batch["masks"], batch["valid"], False, carry_dropout=chance).logits(((GT_NODE, n1), 2))
         (_, _), (last1, given1), (last2, given2) = reads  # 0, [0]->1 (reads frame 0), [0,1]->2 (reads frame 1)
         assert given1 is outs[0] and given2 is outs[0] and outs[0].masks[:, 1:].sum() > 0
