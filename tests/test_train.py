@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -1187,3 +1188,25 @@ def test_read_loss_is_added_with_its_weight_and_teaches_the_path_keys_to_read(tm
     assert reads[-1] < 0.8 * reads[0], reads
     with pytest.raises(VosError, match="given_topk"):
         CycleModel(HODOR(cfg_for(tmp_path, "model.short_term.radius=2").model), False, True, read_loss=1.0)
+
+
+def test_walk_loss_is_low_only_for_features_that_follow_each_pixel():
+    from vos.train.cycles import walk_loss
+
+    torch.manual_seed(0)
+    n = 4 * 6  # pixels at stride 16 of a (8, 12) stride-8 map
+    distinct = torch.eye(n).view(1, n, 4, 6).repeat_interleave(2, 2).repeat_interleave(2, 3)  # one direction per cell
+    moved = distinct[:, torch.randperm(n)]  # every cell's features elsewhere in the next frame: a permutation
+    assert walk_loss([distinct, moved, distinct], temperature=0.05) < 1e-3
+    flat = torch.ones(1, 3, 8, 12)  # every pixel alike: the walk returns home by chance, 1 in n
+    torch.testing.assert_close(walk_loss([flat, flat, flat]), torch.tensor(math.log(n)))
+    noisy = [distinct + 0.5 * torch.randn_like(distinct) for _ in range(3)]
+    assert 0.5 < walk_loss(noisy, temperature=0.05) < math.log(n)
+
+
+def test_walk_loss_is_added_with_its_weight_and_reaches_the_backbone(tmp_path):
+    model, _, parts = _added_with_its_weight(cfg_for(tmp_path), "walk", weight=0.5)
+    model.zero_grad()
+    parts["walk"].backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone") and p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)

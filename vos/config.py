@@ -330,6 +330,9 @@ class CycleConfig:
     # withheld, as for an object back in view): only the given frame's read and the descriptors can place it
     # (vos.train.cycles.withhold_carry; 0 = off)
     carry_dropout: float = bounded(0.0, min=0.0, max=1.0)
+    # weight of the contrastive random walk on each clip's own frames (vos.train.cycles.walk_loss): the stride-8
+    # features learn to follow every pixel through the clip, which needs no mask (0 = off)
+    walk_loss: float = bounded(0.0, min=0.0)
 
 
 @dataclass

@@ -44,6 +44,7 @@ from vos.utils import VosError
 GT = "0"
 WINDOW = 7  # at most this many recent frames a chain node reads (four-frame clips: 2-3; inference: InferConfig.window)
 PRESENCE_WEIGHT = 0.5  # decoder.presence: weight of the presence loss beside each path's mask loss
+WALK_TEMPERATURE = 0.07  # walk_loss: the softmax temperature of a step's cosine (CRW's)
 
 
 def corrupt_masks(probs: torch.Tensor, chance: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -222,6 +223,28 @@ def separation_loss(f8: torch.Tensor, masks_s8: torch.Tensor, valid: torch.Tenso
     return (F.relu(cos - margin) * pair).sum() / pair.sum().clamp(min=1)
 
 
+def walk_loss(f8: list[torch.Tensor], temperature: float = WALK_TEMPERATURE) -> torch.Tensor:
+    """The contrastive random walk (Jabri et al. 2020, "Space-time correspondence as a contrastive random walk") on a
+    clip's own frames, no masks needed: f8 per frame (B, C, h, w) stride-8 features, pooled to stride 16 at unit norm;
+    each step of a walk goes from every pixel to the next frame's pixels with the softmax of their cosine / temperature.
+    For every k in 1..T-1 the palindrome 0 -> 1 -> ... -> k -> ... -> 0 should bring each pixel of frame 0 back to
+    itself: the mean over the walks of the cross-entropy of that return. Low only where the features follow each pixel
+    through the clip, one instance apart from its look-alikes."""
+    x = [F.normalize(F.avg_pool2d(f.float(), 2).flatten(2), dim=1) for f in f8]  # (B, C, n)
+    step = lambda a, b: (a.transpose(1, 2) @ b / temperature).softmax(-1)  # noqa: E731  (B, n, n), rows sum to 1
+    there = [step(a, b) for a, b in zip(x, x[1:])]
+    back = [step(b, a) for a, b in zip(x, x[1:])]
+    losses, walk = [], None
+    for k in range(len(there)):
+        walk = there[k] if walk is None else walk @ there[k]  # frame 0 -> frame k + 1
+        home = walk
+        for b in reversed(back[:k + 1]):
+            home = home @ b
+        diag = home.diagonal(dim1=1, dim2=2)  # (B, n): the chance each pixel comes home
+        losses.append(-diag.clamp(min=1e-20).log().mean())
+    return torch.stack(losses).mean()
+
+
 def hardest_mean(loss: torch.Tensor, known: torch.Tensor, share: float) -> torch.Tensor:
     """loss, known (B, N): the mean over every row's ceil(share * its known count) highest known values, all rows
     together (by sorting: no host sync)."""
@@ -297,7 +320,8 @@ class CycleModel(nn.Module):
 
     def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False,
                  memory_noise: float = 0.0, hard_pixels: float = 1.0, hard_ramp: int = 0, appearance_loss: float = 0.0,
-                 separation_loss: float = 0.0, read_loss: float = 0.0, carry_dropout: float = 0.0):
+                 separation_loss: float = 0.0, read_loss: float = 0.0, carry_dropout: float = 0.0,
+                 walk_loss: float = 0.0):
         """hard_pixels, hard_ramp: bootstrapped CE (mask_loss's `hard`), all pixels at iteration 0 down to
         `hard_pixels` at iteration `hard_ramp` (hard_share). appearance_loss: weight of a second mask loss on every
         supervised path's logits from the descriptors alone (`StepOutput.appearance`), so that the descriptors keep
@@ -306,7 +330,9 @@ class CycleModel(nn.Module):
         read_loss: weight of `read_loss` on the short-term path's read of frame 0's given masks into every later frame
         with known masks (the truth known by construction in photo clips; pseudo-labels in dense ones), added the same
         way: the path's keys learn to find the given object again, not only through the decode's loss.
-        carry_dropout: the chance that a decode reads an object as absent from the previous frame (withhold_carry)."""
+        carry_dropout: the chance that a decode reads an object as absent from the previous frame (withhold_carry).
+        walk_loss: weight of `walk_loss` on every clip's stride-8 features (its frames, with or without masks), added
+        the same way: features that tell instances of one kind apart, learned from the video itself."""
         if read_loss > 0 and not (model.short_term is not None and model.short_term.given_topk):
             raise VosError("cycles.read_loss supervises the short-term path's given-frame read: it needs "
                            "model.short_term with given_topk > 0")
@@ -315,6 +341,7 @@ class CycleModel(nn.Module):
         self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
         self.hard_pixels, self.hard_ramp, self.appearance_loss = hard_pixels, hard_ramp, appearance_loss
         self.separation_loss, self.read_loss, self.carry_dropout = separation_loss, read_loss, carry_dropout
+        self.walk_loss = walk_loss
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path (background
@@ -376,6 +403,9 @@ class CycleModel(nn.Module):
             known = torch.cat([valid & has[:, t, None] for t in range(1, T)])
             losses["read"] = read_loss(read, truth.to(read.dtype), known)
             total = total + self.read_loss * losses["read"]
+        if self.walk_loss > 0:
+            losses["walk"] = walk_loss([f.f8 for f in feats])
+            total = total + self.walk_loss * losses["walk"]
         outputs["per_object"] = scores
         return total, losses, outputs
 

@@ -121,7 +121,8 @@ class Trainer:
         self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles,
                                 cfg.cycles.presence_balanced, cfg.cycles.memory_noise, cfg.cycles.hard_pixels,
                                 cfg.optim.steps // 2, cfg.cycles.appearance_loss,
-                                cfg.cycles.separation_loss, cfg.cycles.read_loss, cfg.cycles.carry_dropout).to(self.device)
+                                cfg.cycles.separation_loss, cfg.cycles.read_loss, cfg.cycles.carry_dropout,
+                                cfg.cycles.walk_loss).to(self.device)
         if self.world > 1:
             self.cycle = torch.nn.parallel.DistributedDataParallel(
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
