@@ -12,20 +12,20 @@ import sys
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from vos.config import TrainConfig, load_config
 from vos.train.cycles import split_features, walk_loss
 from vos.train.loop import Trainer
 
-RECIPE = ["optim.steps=500", "optim.short_term_lr=1.0e-3", "seed=600", "data.size=[288,512]", "cycles.memory_noise=0.25",
-          "model.short_term.similarity=l2_given", "log.wandb=disabled"]
+RECIPE = OmegaConf.load("configs/experiments/l2given.yaml")
 BATCHES = 8
 
 
 def main(runs: list[str]) -> None:
     for run in runs:
-        cfg = load_config(TrainConfig, "configs/train/short_term_composites_given_hideband.yaml",
-                          RECIPE + [f"init_from=runs/{run}/checkpoint.pt", f"out_dir=/tmp/walk_loss_{run}"])
+        cfg = load_config(TrainConfig, RECIPE.train, [*RECIPE.train_overrides, "log.wandb=disabled",
+                                                      f"init_from=runs/{run}/checkpoint.pt", f"out_dir=/tmp/walk_loss_{run}"])
         trainer = Trainer(cfg)
         trainer.model.eval()
         losses = []

@@ -234,13 +234,11 @@ def walk_loss(f8: list[torch.Tensor], temperature: float = WALK_TEMPERATURE) -> 
     step = lambda a, b: (a.transpose(1, 2) @ b / temperature).softmax(-1)  # noqa: E731  (B, n, n), rows sum to 1
     there = [step(a, b) for a, b in zip(x, x[1:])]
     back = [step(b, a) for a, b in zip(x, x[1:])]
-    losses, walk = [], None
+    losses, walk, ret = [], there[0], back[0]
     for k in range(len(there)):
-        walk = there[k] if walk is None else walk @ there[k]  # frame 0 -> frame k + 1
-        home = walk
-        for b in reversed(back[:k + 1]):
-            home = home @ b
-        diag = home.diagonal(dim1=1, dim2=2)  # (B, n): the chance each pixel comes home
+        if k:
+            walk, ret = walk @ there[k], back[k] @ ret  # frame 0 -> frame k + 1, and frame k + 1 -> frame 0
+        diag = (walk @ ret).diagonal(dim1=1, dim2=2)  # (B, n): the chance each pixel comes home
         losses.append(-diag.clamp(min=1e-20).log().mean())
     return torch.stack(losses).mean()
 
