@@ -982,9 +982,33 @@ def test_corrupt_masks_spills_or_cuts_each_object_and_keeps_a_distribution():
     assert probs.grad is not None and probs.grad[:, 1:].abs().sum() > 0  # the cycle's gradient still flows
 
 
+def test_memory_swap_moves_part_of_one_object_to_another_and_keeps_a_distribution():
+    """swap=1 alone: every object takes part of the other (mass inside the other's region moves over, the other
+    loses it); nothing changes outside the objects; swap=0 alone changes nothing; the gradient flows."""
+    from vos.train.cycles import corrupt_masks
+
+    h = w = 32
+    obj = torch.zeros(8, 2, h, w)
+    obj[:, 0, 4:12, 4:28] = 0.9
+    obj[:, 1, 20:28, 4:28] = 0.8
+    probs = torch.cat([1 - obj.sum(1, keepdim=True), obj], 1).requires_grad_(True)
+    assert torch.equal(corrupt_masks(probs, 0.0, swap=0.0), probs)
+    out = corrupt_masks(probs, 0.0, swap=1.0, generator=torch.Generator().manual_seed(0))
+    assert (out >= 0).all() and torch.allclose(out.sum(1), torch.ones(8, h, w), atol=1e-5)
+    region = obj > 0
+    for i, j in ((0, 1), (1, 0)):
+        took = (out[:, 1 + i] * region[:, j]).flatten(1).sum(-1)
+        lost = ((probs[:, 1 + j] - out[:, 1 + j]) * region[:, j]).flatten(1).sum(-1)
+        assert (took > 5).all() and (lost > 5).all(), (i, took, lost)
+    outside = ~region.any(1, keepdim=True)
+    assert torch.equal(out.detach() * outside, probs.detach() * outside)
+    out[:, 1].sum().backward()
+    assert probs.grad[:, 2].abs().sum() > 0  # object 0's memory depends on object 1's mask
+
+
 def test_memory_noise_corrupts_what_predicted_frames_leave_to_memory_not_their_logits(tmp_path):
     """The given frame's descriptors and every node's own logits are untouched; a predicted frame's descriptors
-    (re-encoded from its corrupted masks) and hence the nodes decoded from it change."""
+    (re-encoded from its corrupted masks) and hence the nodes decoded from it change; memory swaps alone as well."""
     from vos.train.cycles import GT, CycleGraph, split_features
 
     cfg = cfg_for(tmp_path, "model.short_term.radius=2")
@@ -994,8 +1018,12 @@ def test_memory_noise_corrupts_what_predicted_frames_leave_to_memory_not_their_l
     split = split_features(model, batch["images"])
     n1 = ((GT,), 1)
     n2 = ((GT, n1), 2)
-    graphs = [CycleGraph(model, split, batch["masks"], batch["valid"], False, [n2], noise) for noise in (0.0, 1.0)]
-    clean, noisy = graphs
+    graphs = [CycleGraph(model, split, batch["masks"], batch["valid"], False, [n2], noise, memory_swap=swap)
+              for noise, swap in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0))]
+    clean, noisy, swapped = graphs
+    assert batch["valid"].all() and batch["valid"].shape[1] == 2  # two objects: each can take part of the other
+    assert torch.equal(clean.logits(n1), swapped.logits(n1))
+    assert not torch.allclose(clean.desc(n1), swapped.desc(n1))
     assert torch.equal(clean.desc(GT), noisy.desc(GT))
     assert torch.equal(clean.logits(n1), noisy.logits(n1))
     assert not torch.allclose(clean.desc(n1), noisy.desc(n1))

@@ -312,6 +312,9 @@ class CycleConfig:
     # chance that a predicted frame leaves an object's mask corrupted (spilt onto the scene or cut) to memory, while
     # the loss wants the truth: robustness to masks that drift over long videos (vos.train.cycles.corrupt_masks)
     memory_noise: float = bounded(0.0, min=0.0, max=1.0)
+    # chance that a predicted frame leaves an object's mask with part of another object of its clip, which loses it
+    # (ids half-swapped, as when two paths cross), while the loss wants the truth (vos.train.cycles.corrupt_masks)
+    memory_swap: float = bounded(0.0, min=0.0, max=1.0)
     # bootstrapped CE (STCN / XMem / Cutie): the cross-entropy over each image's hardest share of pixels, from all
     # pixels at the start down linearly to this share at half of optim.steps (1 = plain CE over all pixels)
     hard_pixels: float = bounded(1.0, above=0.0, max=1.0)

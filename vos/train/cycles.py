@@ -15,7 +15,9 @@ frame with a mask is supervised on both passes; frame 0 always is, at the end of
 With `memory_noise` > 0, what a predicted frame leaves to memory (the soft masks its descriptors are re-encoded from,
 and its short-term `last`) is corrupted now and then (`corrupt_masks`): a mask spilt onto a shifted copy of itself, or
 cut by a line through it, as masks drift over a long video; the loss still wants the truth, so the step learns to
-decode past a memory that took part of the scene or lost part of its object. The given frame is never corrupted.
+decode past a memory that took part of the scene or lost part of its object. With `memory_swap` > 0, an object's
+memory also takes part of another object's mask now and then, as ids half-swap where paths cross. The given frame is
+never corrupted.
 
 The last source of a node is the frame processed just before its target: with the short-term path
 (vos.model.short_term), its `StepOutput.last` is what the target reads, as the previous frame at inference (a node
@@ -47,12 +49,15 @@ PRESENCE_WEIGHT = 0.5  # decoder.presence: weight of the presence loss beside ea
 WALK_TEMPERATURE = 0.07  # walk_loss: the softmax temperature of a step's cosine (CRW's)
 
 
-def corrupt_masks(probs: torch.Tensor, chance: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def corrupt_masks(probs: torch.Tensor, chance: float, swap: float = 0.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, 1 + I, h, w) probabilities -> the same with each object's mask corrupted with probability `chance`: half
     the time spilt (the mask, shifted by 15-50 % of the frame in a random direction and scaled by a in 0.3-1, joins
     it by max: the object's memory takes part of the scene), half the time cut (the side of a random line through
-    its centroid scaled by 1 - a: it loses part of itself). Background is what the objects leave, renormalised where
-    they add to more than 1. Differentiable in `probs`; no host-device sync."""
+    its centroid scaled by 1 - a: it loses part of itself). Then, with probability `swap`, each object takes over
+    part of another object of its clip (the side of a random line through the other's centroid, at strength 0.5-1),
+    which loses it: ids half-swapped, as when two paths cross. Background is what the objects leave, renormalised
+    where they add to more than 1. Differentiable in `probs`; no host-device sync."""
     B, K, h, w = probs.shape
     m = probs[:, 1:]
     I = K - 1
@@ -76,7 +81,20 @@ def corrupt_masks(probs: torch.Tensor, chance: float, generator: torch.Generator
     cx = (m.detach() * xs).sum((-2, -1)) / mass
     side = ((xs - cx[..., None, None]) * cos[..., None, None] + (ys - cy[..., None, None]) * sin[..., None, None]) > 0
     cut = m * (1 - a4 * side.to(dt))
+    m0 = m
     m = torch.where(hit[..., None, None], torch.where(spill[..., None, None], spilt, cut), m)
+    if swap > 0 and I > 1:
+        s = torch.rand(B, I, 4, device=dev, generator=generator, dtype=dt)
+        partner = (torch.arange(I, device=dev) + 1 + (s[..., 0] * (I - 1)).long().clamp(max=I - 2)) % I  # never itself
+        donor = m0.gather(1, partner[..., None, None].expand(-1, -1, h, w))
+        angle = s[..., 1] * (2 * math.pi)
+        dy, dx = cy.gather(1, partner), cx.gather(1, partner)
+        side = ((xs - dx[..., None, None]) * angle.cos()[..., None, None]
+                + (ys - dy[..., None, None]) * angle.sin()[..., None, None]) > 0
+        strength = torch.where(s[..., 2] < swap, 0.5 + 0.5 * s[..., 3], torch.zeros_like(s[..., 3]))
+        taken = strength[..., None, None] * side.to(dt) * donor  # (B, I, h, w): what object i takes of its partner
+        lost = torch.zeros_like(m).scatter_add(1, partner[..., None, None].expand(-1, -1, h, w), taken)
+        m = torch.maximum(m - lost, torch.zeros_like(m)) + taken
     total = m.sum(1, keepdim=True)
     out = torch.cat([(1 - total).clamp(min=0), m], 1)
     return out / out.sum(1, keepdim=True).clamp(min=1)
@@ -263,13 +281,16 @@ class CycleGraph:
     the same one inference runs): `desc(node)` its descriptors, `logits(node)` its stride-4 logits."""
 
     def __init__(self, model: nn.Module, feats: list[Features], masks: torch.Tensor, valid: torch.Tensor,
-                 detach_masks: bool, paths: list | None = None, memory_noise: float = 0.0, carry_dropout: float = 0.0):
+                 detach_masks: bool, paths: list | None = None, memory_noise: float = 0.0, carry_dropout: float = 0.0,
+                 memory_swap: float = 0.0):
         """feats: per-frame features; masks (B, T, K, H, W) (frame 0 = the annotated one); valid (B, K).
         paths: the nodes whose logits will be asked for; nodes that are only ends of paths skip re-encoding.
         memory_noise: the chance that a predicted frame leaves an object's mask corrupted to memory (corrupt_masks).
-        carry_dropout: the chance that a node reads an object as absent from its previous frame (withhold_carry)."""
+        carry_dropout: the chance that a node reads an object as absent from its previous frame (withhold_carry).
+        memory_swap: the chance that a predicted frame leaves an object's mask with part of another's (corrupt_masks)."""
         self.m, self.feats, self.masks, self.valid, self.detach = model, feats, masks, valid, detach_masks
-        self.perturb = partial(corrupt_masks, chance=memory_noise) if memory_noise > 0 else None
+        self.perturb = (partial(corrupt_masks, chance=memory_noise, swap=memory_swap)
+                        if memory_noise > 0 or memory_swap > 0 else None)
         self.carry_dropout = carry_dropout
         self.ends_only = set(paths or ()) - set().union(*(sources_of(p) for p in paths or ()))
         B = valid.shape[0]
@@ -319,7 +340,7 @@ class CycleModel(nn.Module):
     def __init__(self, model: nn.Module, detach_masks: bool, long_cycles: bool, presence_balanced: bool = False,
                  memory_noise: float = 0.0, hard_pixels: float = 1.0, hard_ramp: int = 0, appearance_loss: float = 0.0,
                  separation_loss: float = 0.0, read_loss: float = 0.0, carry_dropout: float = 0.0,
-                 walk_loss: float = 0.0):
+                 walk_loss: float = 0.0, memory_swap: float = 0.0):
         """hard_pixels, hard_ramp: bootstrapped CE (mask_loss's `hard`), all pixels at iteration 0 down to
         `hard_pixels` at iteration `hard_ramp` (hard_share). appearance_loss: weight of a second mask loss on every
         supervised path's logits from the descriptors alone (`StepOutput.appearance`), so that the descriptors keep
@@ -339,7 +360,7 @@ class CycleModel(nn.Module):
         self.presence_balanced, self.memory_noise = presence_balanced, memory_noise
         self.hard_pixels, self.hard_ramp, self.appearance_loss = hard_pixels, hard_ramp, appearance_loss
         self.separation_loss, self.read_loss, self.carry_dropout = separation_loss, read_loss, carry_dropout
-        self.walk_loss = walk_loss
+        self.walk_loss, self.memory_swap = walk_loss, memory_swap
 
     def forward(self, batch: dict, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Returns (mean loss, loss per supervised path, outputs: detached full-size logits per path (background
@@ -350,7 +371,8 @@ class CycleModel(nn.Module):
         H, W = images.shape[-2:]
         feats = split_features(m, images)
         paths = cycle_paths(iteration, self.long_cycles, images.shape[1])
-        graph = CycleGraph(m, feats, masks, valid, self.detach_masks, paths, self.memory_noise, self.carry_dropout)
+        graph = CycleGraph(m, feats, masks, valid, self.detach_masks, paths, self.memory_noise, self.carry_dropout,
+                           self.memory_swap)
         present = masks.flatten(3).amax(-1) > 0  # (B, T, K); unknown frames (no mask) count as present
         present = present | ~has[:, :, None]
         losses: dict[str, torch.Tensor] = {}

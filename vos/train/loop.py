@@ -122,7 +122,7 @@ class Trainer:
                                 cfg.cycles.presence_balanced, cfg.cycles.memory_noise, cfg.cycles.hard_pixels,
                                 cfg.optim.steps // 2, cfg.cycles.appearance_loss,
                                 cfg.cycles.separation_loss, cfg.cycles.read_loss, cfg.cycles.carry_dropout,
-                                cfg.cycles.walk_loss).to(self.device)
+                                cfg.cycles.walk_loss, cfg.cycles.memory_swap).to(self.device)
         if self.world > 1:
             self.cycle = torch.nn.parallel.DistributedDataParallel(
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
