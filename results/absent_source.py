@@ -1,5 +1,5 @@
 """Which part of the step paints a video's object where it is not: a run's Tracker (window 3, no adaptation, no
-locality rule) on one val10 video, frame 0 given; per frame the ground truth's area (full size), the object's
+locality rule, fp32) on one val10 video, frame 0 given; per frame the ground truth's area (full size), the object's
 stride-4 pixels above 0.5 in the final probabilities, and those from the descriptors alone (`StepOutput.appearance`:
 the decode before the short-term path's offsets).
 
