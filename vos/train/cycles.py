@@ -79,8 +79,12 @@ def corrupt_masks(probs: torch.Tensor, chance: float, swap: float = 0.0,
     mass = m.detach().sum((-2, -1)).clamp(min=1e-6)
     cy = (m.detach() * ys).sum((-2, -1)) / mass
     cx = (m.detach() * xs).sum((-2, -1)) / mass
-    side = ((xs - cx[..., None, None]) * cos[..., None, None] + (ys - cy[..., None, None]) * sin[..., None, None]) > 0
-    cut = m * (1 - a4 * side.to(dt))
+
+    def half_plane(cx, cy, cos, sin):  # (B, I, h, w): the side of the line through (cx, cy) whose normal is (cos, sin)
+        return ((xs - cx[..., None, None]) * cos[..., None, None]
+                + (ys - cy[..., None, None]) * sin[..., None, None]) > 0
+
+    cut = m * (1 - a4 * half_plane(cx, cy, cos, sin).to(dt))
     m0 = m
     m = torch.where(hit[..., None, None], torch.where(spill[..., None, None], spilt, cut), m)
     if swap > 0 and I > 1:
@@ -88,9 +92,7 @@ def corrupt_masks(probs: torch.Tensor, chance: float, swap: float = 0.0,
         partner = (torch.arange(I, device=dev) + 1 + (s[..., 0] * (I - 1)).long().clamp(max=I - 2)) % I  # never itself
         donor = m0.gather(1, partner[..., None, None].expand(-1, -1, h, w))
         angle = s[..., 1] * (2 * math.pi)
-        dy, dx = cy.gather(1, partner), cx.gather(1, partner)
-        side = ((xs - dx[..., None, None]) * angle.cos()[..., None, None]
-                + (ys - dy[..., None, None]) * angle.sin()[..., None, None]) > 0
+        side = half_plane(cx.gather(1, partner), cy.gather(1, partner), angle.cos(), angle.sin())
         strength = torch.where(s[..., 2] < swap, 0.5 + 0.5 * s[..., 3], torch.zeros_like(s[..., 3]))
         taken = strength[..., None, None] * side.to(dt) * donor  # (B, I, h, w): what object i takes of its partner
         lost = torch.zeros_like(m).scatter_add(1, partner[..., None, None].expand(-1, -1, h, w), taken)

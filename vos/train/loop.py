@@ -118,11 +118,7 @@ class Trainer:
         for name in Trainable(cfg.optim.train).frozen():
             for p in groups[name]:
                 p.requires_grad_(False)
-        self.cycle = CycleModel(self.model, cfg.cycles.detach_masks, cfg.cycles.long_cycles,
-                                cfg.cycles.presence_balanced, cfg.cycles.memory_noise, cfg.cycles.hard_pixels,
-                                cfg.optim.steps // 2, cfg.cycles.appearance_loss,
-                                cfg.cycles.separation_loss, cfg.cycles.read_loss, cfg.cycles.carry_dropout,
-                                cfg.cycles.walk_loss, cfg.cycles.memory_swap).to(self.device)
+        self.cycle = CycleModel(self.model, hard_ramp=cfg.optim.steps // 2, **to_dict(cfg.cycles)).to(self.device)
         if self.world > 1:
             self.cycle = torch.nn.parallel.DistributedDataParallel(
                 self.cycle, device_ids=[self.device.index] if self.device.type == "cuda" else None)
