@@ -606,3 +606,24 @@ def test_lateral8_adds_the_stride_8_lateral_to_the_top_down_features():
         expected = before + m.fpn.lateral8(m.fpn.lat[0](rest[1]))
     torch.testing.assert_close(after, expected)
     assert (after - before).abs().max() > 1e-2
+
+
+def test_finer_bg_grid_starts_each_cell_from_the_query_of_its_place():
+    """model.bg_grid 3 -> 5 (vos.checkpoint._finer_bg_grid): the 25 cells' queries are the 9 resized over the grid
+    (the corners and the centre keep theirs, a cell between two takes their mean), every other weight is the
+    checkpoint's, and the finer model segments with 25 background descriptors a frame."""
+    from vos.checkpoint import _finer_bg_grid
+
+    torch.manual_seed(0)
+    coarse, fine = HODOR(tiny_cfg()), HODOR(tiny_cfg(bg_grid=5)).eval()
+    fine.load_state_dict(_finer_bg_grid(coarse.state_dict(), 3, 5))
+    q3, q5 = coarse.bg_query.view(3, 3, -1), fine.bg_query.view(5, 5, -1)
+    for (a, b), (c, d) in [((0, 0), (0, 0)), ((0, 2), (0, 4)), ((2, 0), (4, 0)), ((2, 2), (4, 4)), ((1, 1), (2, 2))]:
+        torch.testing.assert_close(q5[c, d], q3[a, b])
+    torch.testing.assert_close(q5[0, 1], (q3[0, 0] + q3[0, 1]) / 2)
+    assert fine.num_bg == 25 and torch.equal(fine.obj_query, coarse.obj_query)
+    f = fine.features(torch.rand(1, 3, 64, 96))
+    desc = fine.encode(f, torch.rand(1, 2, 16, 24))
+    assert desc.shape == (1, 25 + 2, 32)
+    out = fine.step(f, desc[:, None], torch.ones(1, 1, 27, dtype=torch.bool))
+    assert out.logits.shape[1] == 1 + 25 + 2 and out.probs.shape[1] == 3

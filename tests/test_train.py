@@ -354,13 +354,16 @@ def test_sparse_regime_reads_only_the_annotated_mask(tmp_path):
 
 
 def test_init_from_swaps_the_pixel_block_and_keeps_the_rest(tmp_path):
-    """A new pixel block and a new anchor check start fresh; everything else comes from the checkpoint."""
+    """A new pixel block and a new anchor check start fresh, a finer background grid from the coarse one's queries;
+    everything else comes from the checkpoint."""
     base = load_checkpoint(train(cfg_for(tmp_path / "a", "optim.steps=1")))["model"]
     swapped = train(cfg_for(tmp_path / "b", "optim.steps=1", "optim.lr=0.0", f"init_from={tmp_path / 'a/checkpoint.pt'}",
-                            "model.decoder.pixel_block=efficient", "model.decoder.anchor_check=true"))
+                            "model.decoder.pixel_block=efficient", "model.decoder.anchor_check=true",
+                            "model.bg_grid=5"))
     new = load_checkpoint(swapped)["model"]
-    shared = [k for k in base if k in new and ".block." not in k]
+    shared = [k for k in base if k in new and ".block." not in k and k != "bg_query"]
     assert shared and all(torch.equal(base[k], new[k]) for k in shared)
+    assert new["bg_query"].shape[0] == 25 and torch.equal(new["bg_query"][24], base["bg_query"][8])  # a finer grid
     assert any(".block.q." in k for k in new) and not any(".block.dw." in k for k in new)
     assert any(k.startswith("anchor_check.") for k in new)
     with pytest.raises(VosError, match="does not match"):

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from vos.config import ModelConfig, config_from_dict
 from vos.model import HODOR
@@ -111,7 +112,7 @@ def init_from(model: HODOR, path: str | Path) -> None:
     A frozen backbone may be absent from it; a different decoder.pixel_block starts fresh (only that block), and so
     do a short-term path (or its given-frame read), a decoder anchor check, a stride-2 refinement and an FPN lateral8 the
     source lacks (all start as no-ops: vos.model.short_term, vos.model.hodor.AnchorCheck, vos.model.hodor.Refine,
-    vos.model.hodor.FPN)."""
+    vos.model.hodor.FPN). A finer model.bg_grid starts each cell from the query of its place (`_finer_bg_grid`)."""
     path, _, member = str(path).partition("#")
     state = load_checkpoint(path)
     if "members" in state:
@@ -142,6 +143,7 @@ def init_from(model: HODOR, path: str | Path) -> None:
     if not theirs_st.get("distance"):
         fresh += r"|short_term\.distance_in\."
     weights = _more_mask_keys(state["model"], theirs_decoder.get("mask_keys", 1), model.cfg.decoder.mask_keys)
+    weights = _finer_bg_grid(weights, theirs.get("bg_grid", 3), model.cfg.bg_grid)
     load_weights(model, weights, f"init_from {path}: model does not match this config",
                  may_miss=rf"{BACKBONE}|{fresh}", may_add=block)
 
@@ -161,6 +163,19 @@ def _more_mask_keys(weights: dict, theirs: int, ours: int, noise: float = 0.05) 
         w = w.unflatten(0, (theirs, -1)).repeat_interleave(ours // theirs, 0).flatten(0, 1)
         weights[name] = w + noise * w.std() * torch.randn_like(w)
     return weights
+
+
+def _finer_bg_grid(weights: dict, theirs: int, ours: int) -> dict:
+    """A checkpoint with a `theirs` x `theirs` background grid (model.bg_grid) -> `ours` x `ours`: the per-cell
+    queries resized bilinearly over the grid (corners kept), so that a cell starts with the query of the place it
+    covers. The background descriptors' weights are shared by all cells: nothing else changes."""
+    if theirs == ours:
+        return weights
+    q = weights["bg_query"].float()  # (theirs^2, C), row-major cells
+    grid = q.T.reshape(1, -1, theirs, theirs)
+    resized = F.interpolate(grid, size=(ours, ours), mode="bilinear", align_corners=True) if theirs > 1 \
+        else grid.expand(-1, -1, ours, ours)
+    return {**weights, "bg_query": resized[0].flatten(1).T.contiguous().to(weights["bg_query"].dtype)}
 
 
 def training_state(model, optimizer, scheduler, scaler, step: int, cfg: dict) -> dict:

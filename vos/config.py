@@ -170,7 +170,8 @@ class ModelConfig:
     lateral8: bool = False
     heads: int = bounded(8, min=1)
     ffn_mult: int = bounded(4, min=1)
-    bg_grid: int = bounded(3, min=1)  # background descriptors = bg_grid ** 2
+    # background descriptors = bg_grid ** 2 (SPEC: 3); init_from a coarser checkpoint resizes its cells' queries
+    bg_grid: int = bounded(3, min=1)
     dropout: float = bounded(0.0, min=0, max=0.99)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
