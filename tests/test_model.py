@@ -627,3 +627,39 @@ def test_finer_bg_grid_starts_each_cell_from_the_query_of_its_place():
     assert desc.shape == (1, 25 + 2, 32)
     out = fine.step(f, desc[:, None], torch.ones(1, 1, 27, dtype=torch.bool))
     assert out.logits.shape[1] == 1 + 25 + 2 and out.probs.shape[1] == 3
+
+
+def test_given_ridge_fits_the_given_frame_and_follows_its_object_by_appearance():
+    """short_term.given_ridge: a ridge regression fit in closed form on the given frame's unit features to its
+    [background, objects] masks. On features where each object has its own direction, it scores the object highest
+    where that object is in another frame, wherever it moved; its input to the fusion starts at zero (the path is
+    unchanged), and once it moves the gradient reaches the given masks and the features through the solve."""
+    from vos.model.short_term import LastFrame, ShortTermPath
+
+    torch.manual_seed(0)
+    C = 8
+    look = torch.randn(3, C)  # background, object 1, object 2
+    def frame(boxes):  # (1, C, 8, 8) stride-8 features, (1, 3, 4, 4) masks at stride 16
+        lab = torch.zeros(4, 4, dtype=torch.long)
+        for k, (y, x) in enumerate(boxes, 1):
+            lab[y:y + 2, x:x + 2] = k
+        f = look[lab].permute(2, 0, 1)[None] + 0.05 * torch.randn(1, C, 4, 4)
+        return F.interpolate(f, scale_factor=2.0), F.one_hot(lab, 3).permute(2, 0, 1)[None].float()
+    (f_given, m_given), (f_now, m_now) = frame([(0, 0), (2, 2)]), frame([(2, 0), (0, 2)])  # both objects moved
+    path = ShortTermPath(C, 4, radius=1, given_topk=3, similarity="l2_given", given_ridge=True)
+    plain = ShortTermPath(C, 4, radius=1, given_topk=3, similarity="l2_given")
+    plain.load_state_dict({k: v for k, v in path.state_dict().items() if not k.startswith("ridge_in.")})
+    keys, given = path.keys(f_now), LastFrame(path.keys(f_given), m_given.requires_grad_())
+    assert keys.shape == (1, 4 + C, 4, 4)
+    scores = path.read_ridge(keys, given, 2)
+    assert torch.equal(scores.argmax(1), m_now.argmax(1))
+    torch.testing.assert_close(path.read_ridge(given.keys, given, 2), m_given, atol=0.1, rtol=0)  # its own fit
+    last = LastFrame(path.keys(f_given), m_given.detach())
+    torch.testing.assert_close(path(keys, last, 2, given), plain(keys[:, :4], last, 2, given))
+    torch.nn.init.normal_(path.ridge_in.weight, std=0.5)
+    torch.nn.init.normal_(path.fuse[-1].weight, std=0.5)
+    f = f_now.clone().requires_grad_()
+    out = path(path.keys(f), last, 2, given)
+    assert (out - plain(keys[:, :4], last, 2, given)).abs().max() > 1e-2
+    out.sum().backward()
+    assert given.masks.grad.abs().sum() > 0 and f.grad.abs().sum() > 0

@@ -140,6 +140,8 @@ def init_from(model: HODOR, path: str | Path) -> None:
         fresh += r"|short_term\."
     if not theirs_st.get("given_topk"):
         fresh += r"|short_term\.given_in\."
+    if not theirs_st.get("given_ridge"):
+        fresh += r"|short_term\.ridge_in\."
     if not theirs_st.get("distance"):
         fresh += r"|short_term\.distance_in\."
     weights = _more_mask_keys(state["model"], theirs_decoder.get("mask_keys", 1), model.cfg.decoder.mask_keys)

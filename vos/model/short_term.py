@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 NEG = -1e4
+RIDGE_LAMBDA = 0.003  # given_ridge's regularisation, x the mean diagonal of X^T X (0.001-0.01 read alike on val10)
 GIVEN_TEMPERATURE = 20.0  # similarity cosine_given: the softmax over a pixel's top-k reads cos x this (IoU level for 5-50)
 
 
@@ -151,11 +152,12 @@ def _outside(h: int, w: int, radius: int, tile: int, device: torch.device) -> to
 
 class ShortTermPath(nn.Module):
     def __init__(self, channels: int, key_channels: int, radius: int, hidden: int = 16, given_topk: int = 0,
-                 stride: int = 16, distance: bool = False, similarity: str = "dot"):
+                 stride: int = 16, distance: bool = False, similarity: str = "dot", given_ridge: bool = False):
         super().__init__()
         self.radius, self.given_topk, self.stride = radius, given_topk, stride
         self.l2_carry, self.l2_given = similarity == "l2", similarity in ("l2", "l2_given")
         self.cosine_given = similarity == "cosine_given"
+        self.unit_features = self.cosine_given or given_ridge  # keys() also carries the features at unit norm
         self.key_channels = key_channels
         self.key = nn.Conv2d(channels, key_channels, 1)
         self.fuse = nn.Sequential(nn.Conv2d(4, hidden, 3, padding=1), nn.ReLU(),
@@ -166,15 +168,19 @@ class ShortTermPath(nn.Module):
         if given_topk:
             self.given_in = nn.Conv2d(2, hidden, 3, padding=1, bias=False)
             nn.init.zeros_(self.given_in.weight)
+        self.ridge_in = None
+        if given_ridge:  # [the object's ridge score, the other objects' summed, the background's]
+            self.ridge_in = nn.Conv2d(3, hidden, 3, padding=1, bias=False)
+            nn.init.zeros_(self.ridge_in.weight)
         self.distance_in = nn.Conv2d(1, hidden, 3, padding=1, bias=False) if distance else None
         if distance:
             nn.init.zeros_(self.distance_in.weight)
 
     def keys(self, f8: torch.Tensor) -> torch.Tensor:
-        """(B, C, H/8, W/8) attention features -> (B, Ck, H/stride, W/stride) keys; with cosine_given (B, Ck + C, ...):
-        the learned keys, then the features at unit norm (what the given-frame read matches)."""
+        """(B, C, H/8, W/8) attention features -> (B, Ck, H/stride, W/stride) keys; with cosine_given or given_ridge
+        (B, Ck + C, ...): the learned keys, then the features at unit norm (what the given-frame reads match)."""
         f = f8 if self.stride == 8 else F.avg_pool2d(f8, self.stride // 8)
-        if self.cosine_given:
+        if self.unit_features:
             return torch.cat([self.key(f), F.normalize(f, dim=1)], 1)
         return self.key(f)
 
@@ -191,10 +197,29 @@ class ShortTermPath(nn.Module):
         q, gk = F.avg_pool2d(keys, pool), F.avg_pool2d(given_frame.keys.to(keys.dtype), pool)
         if self.cosine_given:
             q, gk = cosine_operands(q[:, self.key_channels:], gk[:, self.key_channels:])
-        elif self.l2_given:
-            q, gk = l2_operands(q, gk)
+        else:
+            q, gk = q[:, :self.key_channels], gk[:, :self.key_channels]
+            if self.l2_given:
+                q, gk = l2_operands(q, gk)
         return topk_attention(q, gk, F.avg_pool2d(_objects(given_frame, num_objects, keys.dtype), pool),
                               self.given_topk)
+
+    def read_ridge(self, keys: torch.Tensor, given_frame: LastFrame, num_objects: int) -> torch.Tensor:
+        """given_ridge: scores (B, 1 + I, H/16, W/16) for [background, objects] from a ridge regression fit on the given
+        frame(s)' unit features (pooled to stride 16, plus a constant) to their masks, in closed form and in fp32:
+        W = (X^T X + lambda I)^-1 X^T Y. Differentiable: training shapes the features for it."""
+        pool = 16 // self.stride
+        c = self.key_channels
+        q, g = F.avg_pool2d(keys[:, c:], pool), F.avg_pool2d(given_frame.keys[:, c:].to(keys.dtype), pool)
+        y = F.avg_pool2d(torch.cat([given_frame.masks[:, :1], _objects(given_frame, num_objects, keys.dtype)], 1), pool)
+        with torch.autocast(keys.device.type, enabled=False):
+            x = F.pad(g.float().flatten(2).transpose(1, 2), (0, 1), value=1.0)  # (B, N, C + 1)
+            a = x.transpose(1, 2) @ x
+            a = a + RIDGE_LAMBDA * a.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(
+                a.shape[-1], device=a.device)
+            w = torch.linalg.solve(a, x.transpose(1, 2) @ y.float().flatten(2).transpose(1, 2))  # (B, C + 1, 1 + I)
+            xq = F.pad(q.float().flatten(2).transpose(1, 2), (0, 1), value=1.0)
+            return (xq @ w).transpose(1, 2).reshape(q.shape[0], -1, *q.shape[-2:])
 
     def forward(self, keys: torch.Tensor, last: LastFrame, num_objects: int,
                 given_frame: LastFrame | None = None) -> torch.Tensor:
@@ -216,6 +241,13 @@ class ShortTermPath(nn.Module):
             if self.stride < 16:
                 read = F.interpolate(read, size=(h, w), mode="bilinear", align_corners=False)
             hidden = hidden + self.given_in(torch.stack([read, read.sum(1, keepdim=True) - read], 2).flatten(0, 1))
+        if self.ridge_in is not None and given_frame is not None:
+            r = self.read_ridge(keys, given_frame, num_objects)
+            if self.stride < 16:
+                r = F.interpolate(r, size=(h, w), mode="bilinear", align_corners=False)
+            obj = r[:, 1:]
+            x = torch.stack([obj, obj.sum(1, keepdim=True) - obj, r[:, :1].expand_as(obj)], 2)
+            hidden = hidden + self.ridge_in(x.flatten(0, 1).to(hidden.dtype))
         if self.distance_in is not None:
             hidden = hidden + self.distance_in(distance_to(prev).flatten(0, 1)[:, None])
         return self.fuse[1:](hidden).view(B, I, h, w)
