@@ -10,6 +10,7 @@ Needs ../shared/data (val10) and data/val10-composites (`python -m vos.data.comp
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vos.checkpoint import load_models
+from vos.model.hodor import Features
 from vos.eval.metrics import jaccard
 from vos.model.short_term import cosine_operands, l2_operands, topk_attention
 
@@ -33,8 +35,9 @@ def frame(root: Path, seq: str, t: int) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255, ann if ann.ndim == 2 else ann[..., 0]
 
 
-def reads(model, root: Path, seq: str, objects) -> dict[str, np.ndarray]:
-    """Per way of matching: the mean IoU of each object's read over the sequence's every 5th frame."""
+def first_frame(model, root: Path, seq: str, objects) -> tuple[int, Features, list[int], Callable, torch.Tensor]:
+    """A sequence's length, frame 0's features, its object ids, `at16` (an annotation -> the objects' masks at stride
+    16 over the padded frame) and frame 0's masks at stride 16."""
     n = len(list((root / "JPEGImages/480p" / seq).glob("*.jpg")))
     x0, a0 = frame(root, seq, 0)
     f0 = model.features(x0)
@@ -45,7 +48,13 @@ def reads(model, root: Path, seq: str, objects) -> dict[str, np.ndarray]:
         m = torch.from_numpy(np.stack([ann == k for k in ids])).float()[None]
         return F.avg_pool2d(F.pad(m, (0, W - m.shape[-1], 0, H - m.shape[-2])), 16)
 
-    given, ck = at16(a0), model.short_term.key_channels
+    return n, f0, ids, at16, at16(a0)
+
+
+def reads(model, root: Path, seq: str, objects) -> dict[str, np.ndarray]:
+    """Per way of matching: the mean IoU of each object's read over the sequence's every 5th frame."""
+    n, f0, ids, at16, given = first_frame(model, root, seq, objects)
+    ck = model.short_term.key_channels
     out = {"learned keys (L2)": [], "features (cosine)": []}
     for t in range(EVERY, n, EVERY):
         x, a = frame(root, seq, t)
