@@ -156,7 +156,8 @@ class ShortTermConfig:
     # stride-16 unit features to its [background, objects] masks, applied to this frame (the target model of FRTM /
     # LWL, a fast "adaptation" inside the step); its scores are inputs of the fusion (zero at initialisation). Fit
     # alone on frozen features, it matched the given masks into later frames better than the top-k read did (IoU
-    # 0.795 against 0.726 on val10, 0.573 against 0.530 on the composites)
+    # 0.795 against 0.726 on val10, 0.573 against 0.530 on the composites); trained, level over two seeds (RESULTS.md,
+    # 2026-12-07, forty-sixth session): not adopted
     given_ridge: bool = False
 
 
