@@ -127,23 +127,13 @@ def init_from(model: HODOR, path: str | Path) -> None:
     theirs = state["config"].get("model", {})
     theirs_decoder, theirs_st = theirs.get("decoder", {}), theirs.get("short_term", {})
     block = r"decoder\.\d+\.block\." if theirs_decoder.get("pixel_block") != model.cfg.decoder.pixel_block else NOTHING
-    fresh = block
-    if not theirs_decoder.get("anchor_check"):
-        fresh += r"|anchor_check\."
-    if not theirs_decoder.get("presence"):
-        fresh += r"|presence\."
-    if not theirs_decoder.get("refine"):
-        fresh += r"|refine\."
-    if not theirs.get("lateral8"):
-        fresh += r"|fpn\.lateral8\."
-    if not theirs_st.get("radius"):
-        fresh += r"|short_term\."
-    if not theirs_st.get("given_topk"):
-        fresh += r"|short_term\.given_in\."
-    if not theirs_st.get("given_ridge"):
-        fresh += r"|short_term\.ridge_in\."
-    if not theirs_st.get("distance"):
-        fresh += r"|short_term\.distance_in\."
+    # modules a source without the option lacks, and that start fresh (as no-ops) here
+    fresh = block + "".join(f"|{modules}" for options, key, modules in (
+        (theirs_decoder, "anchor_check", r"anchor_check\."), (theirs_decoder, "presence", r"presence\."),
+        (theirs_decoder, "refine", r"refine\."), (theirs, "lateral8", r"fpn\.lateral8\."),
+        (theirs_st, "radius", r"short_term\."), (theirs_st, "given_topk", r"short_term\.given_in\."),
+        (theirs_st, "given_ridge", r"short_term\.ridge_in\."), (theirs_st, "distance", r"short_term\.distance_in\."),
+    ) if not options.get(key))
     weights = _more_mask_keys(state["model"], theirs_decoder.get("mask_keys", 1), model.cfg.decoder.mask_keys)
     weights = _finer_bg_grid(weights, theirs.get("bg_grid", 3), model.cfg.bg_grid)
     load_weights(model, weights, f"init_from {path}: model does not match this config",
