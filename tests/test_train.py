@@ -776,6 +776,45 @@ def test_an_object_is_hidden_on_the_middle_frames_and_back_on_the_last():
     assert hidden(dataclasses.replace(plain, hide=1.0)) >= 20 and hidden(plain) <= 2
 
 
+def test_a_look_alike_can_stand_in_front_of_the_hidden_object():
+    """Augment.hide_alike: the occluder of a hidden object is another object of the image (or the object itself),
+    enlarged over where the object is, in front of the cover, labelled background; the look-alike itself keeps its
+    place and id; only rows that set hide_alike draw it."""
+    from vos.data.augment import AUGMENT
+    from vos.data.clips import _hide, make_sample
+
+    sq = np.zeros((64, 80), np.uint8)
+    sq[20:40, 10:22] = 2  # the object to hide, box 20 x 12
+    sq[5:12, 60:75] = 1  # the look-alike, box 7 x 15
+    imgs = [np.full((64, 80, 3), 200, np.uint8) for _ in range(5)]
+    for img in imgs:
+        img[5:12, 60:75] = (0, 250, 0)
+    cover = [np.full((64, 80, 3), 7, np.uint8) for _ in range(5)]
+    out, masks = _hide(imgs, [sq] * 5, 2, cover, alike=1)
+    assert [int((m == 2).sum()) for m in masks] == [240, 0, 0, 0, 240] and all((m == 1).sum() == 105 for m in masks)
+    green = (out[2][..., 1] == 250) & (out[2][..., 0] == 0)
+    assert green[sq == 2].mean() > 0.9  # the look-alike stands over the whole object
+    assert green.sum() > 3 * 105 and green[:, :40].sum() > 2 * 105  # enlarged, and there, not in its own place only
+    assert (masks[2][green & (sq != 1)] == 0).all() and (out[2][sq == 2] != 200).all()  # background; nothing shows
+    assert (out[0] == imgs[0]).all() and (out[4] == imgs[4]).all()
+
+    assert AUGMENT["merge_hide_alike"].hide_alike > 0 and AUGMENT["merge_hide"].hide_alike == 0
+    red, blue = _one_colour_unit(0, (40, 56, 50, 70)), _one_colour_unit(2, (30, 70, 40, 90))
+
+    def alike(aug) -> int:  # clips where the red object is gone in the middle and more bright red shows than before
+        n = 0
+        for seed in range(30):
+            s = make_sample(red, "merge", (64, 64), 3, 12, seed=seed, background=blue, aug=aug, clip_len=4)
+            m, img = s["masks"] > 0, s["images"] * 255
+            bright_red = ((img[:, 0] > img[:, 2] + 40) & (img[:, 0] > 150)).sum((1, 2))
+            n += any(s["valid"][k] and m[0, k].sum() > 20 and m[3, k].sum() > 20 and not m[1:3, k].any()
+                     for k in range(3)) and bright_red[1] > 1.5 * bright_red[0]  # the red box, enlarged
+        return n
+
+    plain = dataclasses.replace(AUGMENT["merge"], hide=1.0)
+    assert alike(dataclasses.replace(plain, hide_alike=1.0)) >= 18 and alike(plain) <= 2
+
+
 def test_pasted_objects_stand_against_a_clip_object_from_the_first_frame():
     """Augment.touch: one shift for every frame puts the pasted objects against the clip object, over its edge (they
     cover at most TOUCH_COVER's upper share of it, and touch it), from any side; a small one ends half over it; in

@@ -29,6 +29,10 @@ class Augment:
     # merge, clips of 4+ frames: chance that one of the clip's objects is hidden for the middle frames behind an
     # occluder (a patch of the partner's image over it) and is back on the last: its id must stay off the others
     hide: float = 0.0
+    # merge, with hide: chance that the occluder looks like the hidden object (another object of the image, often of
+    # the same kind in COCO, or the object itself, enlarged in front of it; see vos.data.clips._hide): a passer-by in
+    # black in front of a rider in black, labelled background, which the rider's id must not take
+    hide_alike: float = 0.0
     # merge: chance (when they neither cross nor leave) that the pasted objects stand against one of the clip's
     # objects from frame 0 on, over its edge (see vos.data.clips._touch): two touching objects whose ids must not bleed
     # across their boundary
@@ -71,6 +75,7 @@ AUGMENT = {
     "merge_hide_touch": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, hide=0.3, touch=0.8),
     "merge_hide_small": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, hide=0.3, small=0.5),
     "merge_hide_behind": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, hide=0.3, behind=0.6),
+    "merge_hide_alike": Augment(warp0=0.3, warp=1.0, colour=True, crossing=0.25, leave=0.5, hide=0.5, hide_alike=0.6),
     "dense": Augment(warp0=0.3, warp=0.3, colour=False),
 }
 

@@ -95,7 +95,8 @@ def _big_objects(mask: np.ndarray) -> list[int]:
 
 
 def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_objects: int, copy: bool,
-           crossing: float = 0.0, leave: float = 0.0, hide: float = 0.0, touch: float = 0.0, small: float = 0.0):
+           crossing: float = 0.0, leave: float = 0.0, hide: float = 0.0, touch: float = 0.0, small: float = 0.0,
+           hide_alike: float = 0.0):
     """Paste 1-2 objects of a partner clip over a clip (Cutie/STCN's "merge two clips"): they move on their own,
     occlude the clip's objects, and are either more objects to track or, with probability DISTRACTOR_P (always
     when `copy`: the partner is the same image, so the pasted object is a look-alike), unlabelled distractors
@@ -104,15 +105,23 @@ def _merge(imgs, masks, objs, partner: tuple, rng: np.random.Generator, max_obje
     probability `leave` (Augment.leave), they leave the frame and come back (see `_leave_and_return`); otherwise,
     with probability `touch` (Augment.touch), they stand against one of the clip's objects (see `_touch`). With
     probability `hide` (Augment.hide), one of the clip's objects whose box takes at most HIDE_MAX_BOX of the frame
-    is hidden for the middle frames (see `_hide`). With probability `small` (Augment.small) the pasted objects are
-    scaled down to SMALL_SHARE of the frame together, and are objects to track (unless `copy`): a small object in a
-    scene of bigger ones, which its own descriptor must still pick out."""
+    is hidden for the middle frames (see `_hide`), with probability `hide_alike` (Augment.hide_alike) behind a
+    look-alike: another object of the image, or the object itself, enlarged in front of it. With probability `small`
+    (Augment.small) the pasted objects are scaled down to SMALL_SHARE of the frame together, and are objects to track
+    (unless `copy`): a small object in a scene of bigger ones, which its own descriptor must still pick out."""
     p_imgs, p_masks, p_objs = partner
     if not p_objs:
         return imgs, masks, objs
     hideable = [o for o in objs if _box_share(masks[0] == o) <= HIDE_MAX_BOX] if hide and len(masks) >= 4 else []
     if hideable and rng.random() < hide:  # a bigger object's occluder would be a cut to another scene
-        imgs, masks = _hide(imgs, masks, hideable[int(rng.integers(len(hideable)))], p_imgs)
+        obj = hideable[int(rng.integers(len(hideable)))]
+        share = _box_share(masks[0] == obj)
+        alike = None
+        if hide_alike and rng.random() < hide_alike:  # no draw without it: the other rows' clips stay as they were
+            # another object of the image (COCO: often the same kind of thing) no smaller than a quarter of it
+            others = [o for o in _big_objects(masks[0]) if o != obj and _box_share(masks[0] == o) >= share / 4]
+            alike = others[int(rng.integers(len(others)))] if others else obj
+        imgs, masks = _hide(imgs, masks, obj, p_imgs, alike)
     tiny = small > 0 and rng.random() < small  # no draw without it: the other rows' clips stay as they were
     if tiny:
         p_objs = [int(o) for o in rng.permutation(p_objs)[: int(rng.integers(1, 3))]]
@@ -212,11 +221,14 @@ def _box_share(mask: np.ndarray) -> float:
     return 0.0 if b is None else (b[1] - b[0] + 1) * (b[3] - b[2] + 1) / mask.size
 
 
-def _hide(imgs, masks, obj: int, cover: list[np.ndarray]):
+def _hide(imgs, masks, obj: int, cover: list[np.ndarray] | None, alike: int | None = None):
     """Hide object `obj` on the middle frames (all but the first and last) behind an occluder: an ellipse of the
     `cover` frames' pixels around its bounding box, labelled background, whatever was under it. The object is wholly
     out of sight there and back on the last frame: its id must not move onto another object meanwhile (an id handed
-    to the nearest person while its owner is hidden: RESULTS.md)."""
+    to the nearest person while its owner is hidden: RESULTS.md). With `alike` (an id of the clip's masks, `obj`
+    itself allowed) a look-alike stands in front of the ellipse too: that object of the same frame, enlarged until
+    its box spans the ellipse (`_enlarged`), labelled background, as bmx-bumps' spectator in black stands in front of
+    the rider in black: the hidden object's id must not take the look-alike in front of it."""
     imgs, masks = list(imgs), list(masks)
     for t in range(1, len(masks) - 1):
         b = _bounds(masks[t] == obj)
@@ -229,9 +241,24 @@ def _hide(imgs, masks, obj: int, cover: list[np.ndarray]):
         axes = (int(np.ceil(0.75 * (x1 - x0 + 1))) + 3, int(np.ceil(0.75 * (y1 - y0 + 1))) + 3)
         cv2.ellipse(region, centre, axes, 0, 0, 360, 1, -1)
         region = region.astype(bool)
+        front, shape = (_enlarged(imgs[t], masks[t] == alike, centre, axes)
+                        if alike is not None and (masks[t] == alike).any() else (None, np.zeros_like(region)))
         imgs[t] = np.where(region[..., None], cover[t], imgs[t])
+        if front is not None:
+            imgs[t] = np.where(shape[..., None], front, imgs[t])
+            region |= shape
         masks[t] = np.where(region, 0, masks[t]).astype(masks[t].dtype)
     return imgs, masks
+
+
+def _enlarged(img: np.ndarray, mask: np.ndarray, centre: tuple[int, int], axes: tuple[int, int]):
+    """The image and the object `mask` scaled (one factor) and shifted so that the object's box is centred on `centre`
+    (x, y) and spans the ellipse of semi-axes `axes` in both directions (a look-alike closer to the camera)."""
+    y0, y1, x0, x1 = _bounds(mask)
+    f = max(2 * axes[0] / (x1 - x0 + 1), 2 * axes[1] / (y1 - y0 + 1))
+    A = np.array([[f, 0, centre[0] - f * (x0 + x1) / 2], [0, f, centre[1] - f * (y0 + y1) / 2]])
+    (front,), (shape,) = _affine([img], [mask], A)
+    return front, shape.astype(bool)
 
 
 def _band(imgs, masks, obj_mask: np.ndarray, rng: np.random.Generator):
@@ -376,7 +403,7 @@ def make_sample(unit: Annotated, regime: str, size: tuple[int, int], max_objects
         copy = bool(rng.random() < COPY_P)
         partner = _frames_of(unit if copy else background, "merge", size, max_gap, rng, aug, clip_len)
         imgs, masks, objs = _merge(imgs, masks, objs, partner, rng, max_objects, copy, aug.crossing, aug.leave,
-                                   aug.hide, aug.touch, aug.small)
+                                   aug.hide, aug.touch, aug.small, aug.hide_alike)
     else:
         rng.shuffle(objs)
     objs = objs[:max_objects]
