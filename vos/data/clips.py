@@ -221,7 +221,7 @@ def _box_share(mask: np.ndarray) -> float:
     return 0.0 if b is None else (b[1] - b[0] + 1) * (b[3] - b[2] + 1) / mask.size
 
 
-def _hide(imgs, masks, obj: int, cover: list[np.ndarray] | None, alike: int | None = None):
+def _hide(imgs, masks, obj: int, cover: list[np.ndarray], alike: int | None = None):
     """Hide object `obj` on the middle frames (all but the first and last) behind an occluder: an ellipse of the
     `cover` frames' pixels around its bounding box, labelled background, whatever was under it. The object is wholly
     out of sight there and back on the last frame: its id must not move onto another object meanwhile (an id handed
