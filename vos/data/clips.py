@@ -241,11 +241,12 @@ def _hide(imgs, masks, obj: int, cover: list[np.ndarray], alike: int | None = No
         axes = (int(np.ceil(0.75 * (x1 - x0 + 1))) + 3, int(np.ceil(0.75 * (y1 - y0 + 1))) + 3)
         cv2.ellipse(region, centre, axes, 0, 0, 360, 1, -1)
         region = region.astype(bool)
-        front, shape = (_enlarged(imgs[t], masks[t] == alike, centre, axes)
-                        if alike is not None and (masks[t] == alike).any() else (None, np.zeros_like(region)))
+        look_alike = masks[t] == alike if alike is not None else None
+        front = _enlarged(imgs[t], look_alike, centre, axes) if look_alike is not None and look_alike.any() else None
         imgs[t] = np.where(region[..., None], cover[t], imgs[t])
-        if front is not None:
-            imgs[t] = np.where(shape[..., None], front, imgs[t])
+        if front is not None:  # the look-alike is taken before the cover: it may be the hidden object itself
+            pixels, shape = front
+            imgs[t] = np.where(shape[..., None], pixels, imgs[t])
             region |= shape
         masks[t] = np.where(region, 0, masks[t]).astype(masks[t].dtype)
     return imgs, masks
