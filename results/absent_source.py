@@ -1,7 +1,8 @@
 """Which part of the step paints a video's object where it is not: a run's Tracker (window 3, no adaptation, no
 locality rule, fp32) on one val10 video, frame 0 given; per frame the ground truth's area (full size), the object's
 stride-4 pixels above 0.5 in the final probabilities, and those from the descriptors alone (`StepOutput.appearance`:
-the decode before the short-term path's offsets).
+the decode before the short-term path's offsets), and the presence logit where the model has one
+(`model.decoder.presence`; its log-sigmoid is added to the object's logits).
 
     python results/absent_source.py RUN SEQ     # runs/RUN/checkpoint.pt, e.g. swap bmx-bumps
 
@@ -35,12 +36,13 @@ def main(run: str, seq: str) -> None:
     def recording(*args, **kwargs):
         out = predict(*args, **kwargs)
         appearance["logits"] = out[3]
+        appearance["presence"] = out[2]
         return out
 
     model.predict = recording
     tracker = Tracker([model], window=3)
     n = len(list((DAVIS / "JPEGImages/480p" / seq).glob("*.jpg")))
-    print(f"== {run} {seq}: frame, truth's area, object pixels at stride 4 (final | descriptors alone)")
+    print(f"== {run} {seq}: frame, truth's area, object pixels at stride 4 (final | descriptors alone) [presence logit]")
     rows = []
     for t in range(n):
         img = np.array(Image.open(DAVIS / "JPEGImages/480p" / seq / f"{t:05d}.jpg").convert("RGB"))
@@ -51,7 +53,9 @@ def main(run: str, seq: str) -> None:
         final = int((tracker.last.probs[0, 1] > 0.5).sum())
         alone = int((logits_to_probs(appearance["logits"], model.num_bg)[0, 1] > 0.5).sum())
         rows.append((int(truth.sum()), final, alone))
-        print(f"  {t:3d} {rows[-1][0]:6d} {final:5d} | {alone:5d}")
+        presence = appearance["presence"]
+        score = "" if presence is None else f" [{float(presence[0, 0]):5.2f}]"
+        print(f"  {t:3d} {rows[-1][0]:6d} {final:5d} | {alone:5d}{score}")
     empty = [r for r in rows if r[0] == 0]
     if empty:
         print(f"  frames without the object: {len(empty)}; object pixels there, final {np.mean([r[1] for r in empty]):.0f}"
