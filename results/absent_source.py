@@ -30,13 +30,13 @@ DAVIS = ROOT.parent / "shared/data/davis2016"
 def main(run: str, seq: str) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model = load_models(ROOT / "runs" / run / "checkpoint.pt", torch.device("cpu"))[0].eval()
-    appearance = {}
+    recorded = {}
     predict = model.predict
 
     def recording(*args, **kwargs):
         out = predict(*args, **kwargs)
-        appearance["logits"] = out[3]
-        appearance["presence"] = out[2]
+        recorded["logits"] = out[3]
+        recorded["presence"] = out[2]
         return out
 
     model.predict = recording
@@ -51,9 +51,9 @@ def main(run: str, seq: str) -> None:
         if t == 0:
             continue
         final = int((tracker.last.probs[0, 1] > 0.5).sum())
-        alone = int((logits_to_probs(appearance["logits"], model.num_bg)[0, 1] > 0.5).sum())
+        alone = int((logits_to_probs(recorded["logits"], model.num_bg)[0, 1] > 0.5).sum())
         rows.append((int(truth.sum()), final, alone))
-        presence = appearance["presence"]
+        presence = recorded["presence"]
         score = "" if presence is None else f" [{float(presence[0, 0]):5.2f}]"
         print(f"  {t:3d} {rows[-1][0]:6d} {final:5d} | {alone:5d}{score}")
     empty = [r for r in rows if r[0] == 0]
