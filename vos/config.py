@@ -221,7 +221,6 @@ class InferConfig:
     # training clip's frames read (RESULTS.md, 2026-12-05); 7 until then
     window: int = bounded(3, min=1)
     anchor_first: bool = True  # keep the annotated frame's descriptors for the whole video
-    forget_lost: str = ""  # EXPERIMENT forget | keeplast: a lost object's descriptors (HODOR.found false) are not read later
     # pixel memory (XMem's working memory, for the short-term path's given-frame read): every Nth frame's keys and
     # predicted masks join the given frames the read sees, the last `pixel_memory_frames` of them; 0 = given only
     pixel_memory_every: int = bounded(0, min=0)

@@ -22,8 +22,8 @@ class Entry:
 
 
 class DescriptorMemory:
-    def __init__(self, num_bg: int, window: int = 7, keep_anchors: bool = True, lost: str = "forget"):
-        self.num_bg, self.keep_anchors, self.lost = num_bg, keep_anchors, lost
+    def __init__(self, num_bg: int, window: int = 7, keep_anchors: bool = True):
+        self.num_bg, self.keep_anchors = num_bg, keep_anchors
         self.recent: deque[Entry] = deque(maxlen=window)
         self.anchors: list[Entry] = []
 
@@ -36,25 +36,10 @@ class DescriptorMemory:
         recent = {e.frame for e in self.recent}
         return [a for a in self.anchors if a.frame not in recent] + list(self.recent)
 
-    def add(self, desc: torch.Tensor, frame: int, given: torch.Tensor | None = None,
-            found: torch.Tensor | None = None) -> None:
+    def add(self, desc: torch.Tensor, frame: int, given: torch.Tensor | None = None) -> None:
         """Store a frame's descriptors. given: (n,) bool, the objects whose masks were given at this frame (None:
-        none); such a frame becomes an anchor for those objects. found: (n,) bool, the objects whose descriptors
-        were encoded from a mask (`HODOR.found`); a lost object's row is a guess and is not read (None: all are)."""
-        objects = None
-        if found is not None:
-            keep = found | given.to(found.device) if given is not None else found
-            if self.lost == "forget":
-                objects = keep
-            elif self.recent:  # keeplast: a lost object's row repeats its last stored one
-                prev = self.recent[-1].desc
-                n = min(len(prev), len(desc)) - self.num_bg
-                rows = torch.zeros(len(desc) - self.num_bg, dtype=torch.bool, device=desc.device)
-                rows[:n] = ~keep[:n]
-                desc = desc.clone()
-                b = self.num_bg
-                desc[b:b + n] = torch.where(rows[:n, None], prev[b:b + n], desc[b:b + n])
-        self.recent.append(Entry(desc, frame, objects))
+        none); such a frame becomes an anchor for those objects."""
+        self.recent.append(Entry(desc, frame))
         if given is not None and self.keep_anchors:
             self.anchors.append(Entry(desc, frame, given.to(desc.device)))
 

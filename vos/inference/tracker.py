@@ -63,8 +63,7 @@ class Tracker:
                  anchor_first: bool = InferConfig.anchor_first, locality: float = InferConfig.locality,
                  locality_floor: float = InferConfig.locality_floor, dtype: torch.dtype | None = None,
                  pixel_memory_every: int = InferConfig.pixel_memory_every,
-                 pixel_memory_frames: int = InferConfig.pixel_memory_frames,
-                 forget_lost: str = InferConfig.forget_lost):
+                 pixel_memory_frames: int = InferConfig.pixel_memory_frames):
         if not models:
             raise ValueError("a Tracker needs at least one model")
         if len({m.num_bg for m in models}) > 1:
@@ -74,7 +73,6 @@ class Tracker:
         self.device = next(models[0].parameters()).device
         self.window, self.anchor_first, self.dtype = window, anchor_first, dtype
         self.pixel_memory_every, self.pixel_memory_frames = pixel_memory_every, pixel_memory_frames
-        self.forget_lost = forget_lost
         self.locality = LocalityPrior(locality, locality_floor)
         self.reset()
 
@@ -82,7 +80,7 @@ class Tracker:
     def from_config(cls, models: Sequence[HODOR], cfg, dtype: torch.dtype | None = None) -> "Tracker":
         """cfg: an InferConfig."""
         return cls(models, cfg.window, cfg.anchor_first, cfg.locality, cfg.locality_floor, dtype,
-                   cfg.pixel_memory_every, cfg.pixel_memory_frames, cfg.forget_lost)
+                   cfg.pixel_memory_every, cfg.pixel_memory_frames)
 
     @property
     def active(self) -> list[HODOR]:
@@ -100,7 +98,7 @@ class Tracker:
     def reset(self) -> None:
         """Forget the objects, the memories and the last frame (a new pass over a video); keep the models."""
         self.objects = ObjectManager()
-        self.memories = [DescriptorMemory(m.num_bg, self.window, self.anchor_first, self.forget_lost or "forget") for m in self.active]
+        self.memories = [DescriptorMemory(m.num_bg, self.window, self.anchor_first) for m in self.active]
         self.lasts: list = [None] * len(self.active)
         self.given_frames: list[list] = [[] for _ in self.active]
         self.pixel_memory: list[deque] = [deque(maxlen=self.pixel_memory_frames) for _ in self.active]
@@ -169,8 +167,8 @@ class Tracker:
             probs = torch.stack([d[1] for d in decoded]).mean(0) if len(models) > 1 else decoded[0][1]
             probs = self.locality(probs, ids)
             committed = [m.commit(f, probs, given, given_valid) for m, f in zip(models, feats)]
-        for m, mem, (p, desc) in zip(models, self.memories, committed):
-            mem.add(desc[0], self.frame_index, given_rows, m.found(p)[0] if self.forget_lost else None)
+        for mem, (_, desc) in zip(self.memories, committed):
+            mem.add(desc[0], self.frame_index, given_rows)
         probs = committed[0][0]
         self.lasts = [m.remember(f, probs) for m, f in zip(models, feats)]
         if new_masks:

@@ -422,11 +422,6 @@ class HODOR(nn.Module):
             logits = torch.cat([logits[:, :k], logits[:, k:] + gate], 1)
         return logits, logits_to_probs(logits, self.num_bg), presence, appearance
 
-    def found(self, probs: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + I, H/4, W/4) probabilities -> (B, I) bool: the objects `encode` sees at least one pixel of (a
-        stride-8 pixel above 0.5); the others' descriptors are guesses from their most likely pixel."""
-        return (F.avg_pool2d(probs[:, 1:].float(), 2) > 0.5).flatten(2).any(-1)
-
     def remember(self, feats: Features, probs: torch.Tensor) -> LastFrame | None:
         """What this frame leaves for the next one's short-term path: its keys and final probabilities (B, 1 + I,
         H/4, W/4) at the path's stride. None without the path."""
