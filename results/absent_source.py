@@ -36,7 +36,6 @@ def main(run: str, seq: str) -> None:
     def recording(*args, **kwargs):
         out = predict(*args, **kwargs)
         recorded["logits"] = out[3]
-        recorded["presence"] = out[2]
         return out
 
     model.predict = recording
@@ -53,7 +52,7 @@ def main(run: str, seq: str) -> None:
         final = int((tracker.last.probs[0, 1] > 0.5).sum())
         alone = int((logits_to_probs(recorded["logits"], model.num_bg)[0, 1] > 0.5).sum())
         rows.append((int(truth.sum()), final, alone))
-        presence = recorded["presence"]
+        presence = tracker.last.presence
         score = "" if presence is None else f" [{float(presence[0, 0]):5.2f}]"
         print(f"  {t:3d} {rows[-1][0]:6d} {final:5d} | {alone:5d}{score}")
     empty = [r for r in rows if r[0] == 0]
