@@ -211,11 +211,12 @@ def test_locality_prior_keeps_look_alikes_apart(shared_data):
     assert (probs_to_ids(ids, probs)[spectators] == 1).mean() < 0.2  # object 1 is not on object 4
 
 
-@pytest.mark.parametrize("radius, given_topk, check, distance, similarity",
-                         [(0, 0, False, False, "dot"), (2, 0, False, False, "dot"), (2, 4, False, True, "dot"),
-                          (0, 0, True, False, "dot"), (2, 4, False, False, "l2"), (2, 4, False, False, "l2_given"),
-                          (2, 4, False, False, "cosine_given")])
-def test_training_and_inference_paths_agree(radius, given_topk, check, distance, similarity):
+@pytest.mark.parametrize("radius, given_topk, check, distance, similarity, prior",
+                         [(0, 0, False, False, "dot", 0), (2, 0, False, False, "dot", 0), (2, 4, False, True, "dot", 0),
+                          (0, 0, True, False, "dot", 0), (2, 4, False, False, "l2", 0),
+                          (2, 4, False, False, "l2_given", 0), (2, 4, False, False, "cosine_given", 0),
+                          (2, 4, False, False, "l2_given", 1.0)])
+def test_training_and_inference_paths_agree(radius, given_topk, check, distance, similarity, prior):
     """The same frames and mask through the training cycle graph and through the Tracker give the same
     descriptors and logits: one per-frame step, one resampling; with the short-term path, the node's last source
     plays the previous frame, and its first source the given frame; the anchor check compares with the same one."""
@@ -223,7 +224,7 @@ def test_training_and_inference_paths_agree(radius, given_topk, check, distance,
 
     cfg = load_config(ModelConfig, None, TINY + [f"short_term.radius={radius}", f"short_term.given_topk={given_topk}",
                                                  f"decoder.anchor_check={check}", f"short_term.distance={distance}",
-                                                 f"short_term.similarity={similarity}"])
+                                                 f"short_term.similarity={similarity}", f"short_term.read_prior={prior}"])
     torch.manual_seed(0)
     model = HODOR(cfg).eval()
     if check:

@@ -352,6 +352,38 @@ def test_given_frame_read_starts_as_a_no_op_and_learns(stride):
     assert masks.grad.abs().sum() > 0 and model.short_term.given_in.weight.grad.abs().sum() > 0
 
 
+def test_read_prior_adds_its_gain_times_the_log_read_and_learns_the_gain():
+    """short_term.read_prior: the given-frame read enters each object's offsets as gain * log(read + READ_FLOOR), the
+    gain starting at the option's value and learned; the loss reaches it and the given frame's masks. Without the read
+    (no given frame) nothing is added; without given_topk the option is refused."""
+    from vos.model.short_term import READ_FLOOR, LastFrame
+
+    torch.manual_seed(0)
+    model = HODOR(tiny_cfg(**{"short_term.radius": 2, "short_term.given_topk": 4, "short_term.read_prior": 0.5}))
+    st = model.short_term
+    assert float(st.read_gain.detach()) == 0.5
+    keys, last_keys, given_keys = (torch.randn(1, st.key_channels, 4, 6) for _ in range(3))
+    last = LastFrame(last_keys, torch.rand(1, 3, 4, 6).softmax(1))
+    masks = torch.zeros(1, 3, 4, 6)
+    masks[0, 0], masks[0, 1, :2, :3], masks[0, 2, 2:, 3:] = 1, 1, 1
+    masks[0, 0] -= masks[0, 1] + masks[0, 2]
+    given = LastFrame(given_keys, masks.requires_grad_())
+    with torch.no_grad():
+        expected = 0.5 * torch.log(st.read_given(keys, given, 2) + READ_FLOOR)
+        without_read = st(keys, last, 2, None)
+        st.read_gain.zero_()
+        base = st(keys, last, 2, given)
+        torch.testing.assert_close(st(keys, last, 2, None), without_read)
+        st.read_gain.fill_(0.5)
+    out = st(keys, last, 2, given)
+    torch.testing.assert_close(out - base, expected)
+    assert expected.min() < -0.3  # the read says "not here" somewhere: the prior is not a constant
+    out.sum().backward()
+    assert st.read_gain.grad.abs() > 0 and masks.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="given_topk"):
+        HODOR(tiny_cfg(**{"short_term.radius": 2, "short_term.read_prior": 0.5}))
+
+
 @pytest.mark.parametrize("stride", [16, 8])
 def test_short_term_path_starts_as_a_no_op_and_learns_through_the_soft_masks(stride):
     """At initialisation the path adds nothing (the model is the descriptor-only one); once its last layer moves,

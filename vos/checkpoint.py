@@ -133,6 +133,7 @@ def init_from(model: HODOR, path: str | Path) -> None:
         (theirs_decoder, "refine", r"refine\."), (theirs, "lateral8", r"fpn\.lateral8\."),
         (theirs_st, "radius", r"short_term\."), (theirs_st, "given_topk", r"short_term\.given_in\."),
         (theirs_st, "given_ridge", r"short_term\.ridge_in\."), (theirs_st, "distance", r"short_term\.distance_in\."),
+        (theirs_st, "read_prior", r"short_term\.read_gain"),
     ) if not options.get(key))
     weights = _more_mask_keys(state["model"], theirs_decoder.get("mask_keys", 1), model.cfg.decoder.mask_keys)
     weights = _finer_bg_grid(weights, theirs.get("bg_grid", 3), model.cfg.bg_grid)

@@ -159,6 +159,11 @@ class ShortTermConfig:
     # 0.795 against 0.726 on val10, 0.573 against 0.530 on the composites); trained, level over two seeds (RESULTS.md,
     # 2026-12-07, forty-sixth session): not adopted
     given_ridge: bool = False
+    # > 0: the given-frame read (`given_topk`) also enters each object's logits directly, as g * log(read + 0.05), g a
+    # learned gain that starts at this value (0: off; the read then reaches the logits only through the fusion, whose
+    # first layer for it starts at zero and stays small: RESULTS.md). Where the read says an object is not (the rhino's
+    # rocks: 0.08), its logits drop by up to 3 g
+    read_prior: float = bounded(0.0, min=0.0)
 
 
 @dataclass

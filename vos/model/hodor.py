@@ -264,7 +264,8 @@ class HODOR(nn.Module):
         st = cfg.short_term
         self.short_term = ShortTermPath(c, st.key_channels, st.radius, given_topk=st.given_topk,
                                         stride=st.stride, distance=st.distance,
-                                        similarity=st.similarity, given_ridge=st.given_ridge) if st.radius else None
+                                        similarity=st.similarity, given_ridge=st.given_ridge,
+                                        read_prior=st.read_prior) if st.radius else None
 
     def train(self, mode: bool = True) -> "HODOR":
         """Backbone BatchNorm statistics stay frozen: training batches of a few clips are too small for them."""

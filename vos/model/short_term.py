@@ -55,6 +55,7 @@ from torch import nn
 NEG = -1e4
 RIDGE_LAMBDA = 0.003  # given_ridge's regularisation, x the mean diagonal of X^T X (0.001-0.01 read alike on val10)
 GIVEN_TEMPERATURE = 20.0  # similarity cosine_given: the softmax over a pixel's top-k reads cos x this (IoU level for 5-50)
+READ_FLOOR = 0.05  # short_term.read_prior: log(read + this), so a read of 0 costs an object at most 3 x the gain
 
 
 @dataclass
@@ -152,7 +153,8 @@ def _outside(h: int, w: int, radius: int, tile: int, device: torch.device) -> to
 
 class ShortTermPath(nn.Module):
     def __init__(self, channels: int, key_channels: int, radius: int, hidden: int = 16, given_topk: int = 0,
-                 stride: int = 16, distance: bool = False, similarity: str = "dot", given_ridge: bool = False):
+                 stride: int = 16, distance: bool = False, similarity: str = "dot", given_ridge: bool = False,
+                 read_prior: float = 0.0):
         super().__init__()
         self.radius, self.given_topk, self.stride = radius, given_topk, stride
         self.l2_carry, self.l2_given = similarity == "l2", similarity in ("l2", "l2_given")
@@ -172,6 +174,10 @@ class ShortTermPath(nn.Module):
         if given_ridge:  # [the object's ridge score, the other objects' summed, the background's]
             self.ridge_in = nn.Conv2d(3, hidden, 3, padding=1, bias=False)
             nn.init.zeros_(self.ridge_in.weight)
+        if read_prior and not given_topk:
+            raise ValueError("short_term.read_prior needs the given-frame read: set short_term.given_topk > 0")
+        # the read's direct term: gain * log(read + READ_FLOOR) added to each object's offsets
+        self.read_gain = nn.Parameter(torch.tensor(float(read_prior))) if read_prior else None
         self.distance_in = nn.Conv2d(1, hidden, 3, padding=1, bias=False) if distance else None
         if distance:
             nn.init.zeros_(self.distance_in.weight)
@@ -236,11 +242,14 @@ class ShortTermPath(nn.Module):
         x = torch.stack([carried, prev, others, present], 2)  # (B, I, 4, h, w)
         B, I, _, h, w = x.shape
         hidden = self.fuse[0](x.flatten(0, 1))
+        prior = None
         if self.given_topk and given_frame is not None:
             read = self.read_given(keys, given_frame, num_objects)
             if self.stride < 16:
                 read = F.interpolate(read, size=(h, w), mode="bilinear", align_corners=False)
             hidden = hidden + self.given_in(torch.stack([read, read.sum(1, keepdim=True) - read], 2).flatten(0, 1))
+            if self.read_gain is not None:
+                prior = self.read_gain * torch.log(read.float().clamp(min=0) + READ_FLOOR)
         if self.ridge_in is not None and given_frame is not None:
             r = self.read_ridge(keys, given_frame, num_objects)
             if self.stride < 16:
@@ -250,7 +259,10 @@ class ShortTermPath(nn.Module):
             hidden = hidden + self.ridge_in(x.flatten(0, 1).to(hidden.dtype))
         if self.distance_in is not None:
             hidden = hidden + self.distance_in(distance_to(prev).flatten(0, 1)[:, None])
-        return self.fuse[1:](hidden).view(B, I, h, w)
+        out = self.fuse[1:](hidden).view(B, I, h, w)
+        if prior is not None:
+            out = out + prior.to(out.dtype)
+        return out
 
 
 def distance_to(masks: torch.Tensor) -> torch.Tensor:
