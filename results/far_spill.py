@@ -70,5 +70,4 @@ def main(checkpoint: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     main(sys.argv[1])
