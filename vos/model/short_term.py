@@ -249,7 +249,7 @@ class ShortTermPath(nn.Module):
                 read = F.interpolate(read, size=(h, w), mode="bilinear", align_corners=False)
             hidden = hidden + self.given_in(torch.stack([read, read.sum(1, keepdim=True) - read], 2).flatten(0, 1))
             if self.read_gain is not None:
-                prior = self.read_gain * torch.log(read.float().clamp(min=0) + READ_FLOOR)
+                prior = self.read_gain * torch.log(read.float() + READ_FLOOR)  # a read is an average of masks: >= 0
         if self.ridge_in is not None and given_frame is not None:
             r = self.read_ridge(keys, given_frame, num_objects)
             if self.stride < 16:
